@@ -1,0 +1,46 @@
+// What an NBD export must provide: the contract between the NBD server (or a
+// client acting as a remote volume) and the storage behind it. Offsets and
+// lengths are bytes; `flags` are the request's NBD_CMD_FLAG_* bits.
+
+export interface ExportCapabilities {
+  readonly readOnly: boolean;
+  readonly flush: boolean;
+  readonly fua: boolean;
+  readonly trim: boolean;
+  readonly zero: boolean;
+  readonly fastZero: boolean;
+  readonly cache: boolean;
+  readonly blockStatus: boolean;
+  /** FLUSH and FUA effects are visible across connections (NBD_FLAG_CAN_MULTI_CONN). */
+  readonly multiConn: boolean;
+}
+
+export interface BlockSizeConstraints {
+  readonly minimum: number;
+  readonly preferred: number;
+  readonly maximum: number;
+}
+
+/** One extent of base:allocation: `flags` holds NBD_STATE_HOLE / NBD_STATE_ZERO. */
+export interface Extent {
+  length: number;
+  flags: number;
+}
+
+export interface Export {
+  readonly size: number;
+  readonly capabilities: ExportCapabilities;
+  readonly blockSizes?: BlockSizeConstraints;
+  /** Fill `into` entirely with the bytes at `offset`. */
+  read(into: Buffer, offset: number): Promise<void>;
+  write(data: Buffer, offset: number, flags: number): Promise<void>;
+  /** Make every write that already completed durable. */
+  flush(): Promise<void>;
+  trim(offset: number, length: number, flags: number): Promise<void>;
+  /** NBD_CMD_FLAG_NO_HOLE and NBD_CMD_FLAG_FAST_ZERO are honoured here. */
+  zero(offset: number, length: number, flags: number): Promise<void>;
+  cache(offset: number, length: number): Promise<void>;
+  /** Extents covering at least the first byte of the range, none past its end. */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
