@@ -1,0 +1,353 @@
+// One client connection: negotiation, then transmission. Requests are
+// validated once here, run concurrently against the volume, and answered as
+// they complete (spec "Transmission", "Ordering of messages and writes").
+import type { Duplex } from "node:stream";
+import {
+  NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_CACHE,
+  NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_CMD_FLUSH,
+  NBD_CMD_NAMES,
+  NBD_CMD_READ,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL,
+  NBD_ENOSPC,
+  NBD_ENOTSUP,
+  NBD_EOVERFLOW,
+  NBD_EPERM,
+  NBD_MAX_PAYLOAD,
+} from "../constants.js";
+import { NbdProtocolError, toNbdErrno } from "../errors.js";
+import type { Export } from "../export.js";
+import type { Logger } from "../logger.js";
+import { ServerParser, type NbdRequest, type ServerParserSink } from "../codec/server-parser.js";
+import {
+  allocReadReply,
+  encodeBlockStatus,
+  encodeGreeting,
+  encodeSimpleReply,
+  encodeStructuredError,
+  readReplyOverhead,
+} from "../codec/server-replies.js";
+import { BASE_ALLOCATION_ID, Negotiation, type NegotiationHost } from "./negotiate.js";
+import type { ServedExport } from "./exports.js";
+
+export interface ConnectionLimits {
+  /** Requests in flight before the connection stops reading. */
+  maxInFlight: number;
+  /** WRITE payload bytes held before the connection stops reading. */
+  maxInFlightBytes: number;
+}
+
+export interface ConnectionOwner {
+  readonly logger: Logger;
+  readonly limits: ConnectionLimits;
+  findExport(name: string): ServedExport | undefined;
+  listExports(): readonly ServedExport[];
+  closed(conn: Connection): void;
+}
+
+const FLAGS_ALLOWED: Readonly<Record<number, number>> = {
+  [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
+  [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_DISC]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
+};
+
+export class Connection implements ServerParserSink, NegotiationHost {
+  private readonly parser: ServerParser;
+  private readonly negotiation: Negotiation;
+  private volume: Export | null = null;
+  private exportName = "";
+  private blockStatusOk = false;
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private readPaused = false;
+  private writeBlocked = false;
+  private corked = false;
+  private closing = false;
+  private finished = false;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly stream: Duplex,
+    readonly peer: string,
+    private readonly owner: ConnectionOwner,
+  ) {
+    this.parser = new ServerParser(this);
+    this.negotiation = new Negotiation(this);
+    this.uncork = this.uncork.bind(this);
+    stream.on("data", (chunk: Buffer) => this.parser.push(chunk));
+    stream.on("drain", () => {
+      this.writeBlocked = false;
+      this.updateFlow();
+    });
+    stream.on("error", (err) => {
+      owner.logger.debug({ peer, err }, "connection error");
+      this.finish();
+    });
+    stream.on("close", () => this.finish());
+    stream.on("end", () => this.finish());
+    this.send(encodeGreeting());
+  }
+
+  // --- ServerParserSink ---
+
+  onClientFlags(flags: number): void {
+    this.negotiation.clientFlags(flags);
+  }
+
+  onOption(option: number, data: Buffer): void {
+    this.negotiation.option(option, data);
+  }
+
+  onOversizedOption(option: number, length: number): void {
+    this.negotiation.oversized(option, length);
+  }
+
+  onProtocolError(error: NbdProtocolError): void {
+    this.end(error);
+  }
+
+  onRequest(req: NbdRequest): void {
+    if (req.type === NBD_CMD_DISC) {
+      this.parser.stop();
+      void this.drain().then(() => this.stream.end());
+      return;
+    }
+    const error = this.validate(req);
+    if (error !== 0) {
+      this.replyError(req, error, this.describeRejection(req, error));
+      return;
+    }
+    this.inFlight++;
+    if (req.payload !== null) this.inFlightBytes += req.payload.length;
+    this.updateFlow();
+    this.execute(req).then(
+      () => this.done(req),
+      (err: unknown) => {
+        this.replyError(req, toNbdErrno(err), errorMessage(req, err));
+        this.done(req);
+      },
+    );
+  }
+
+  // --- NegotiationHost ---
+
+  findExport(name: string): ServedExport | undefined {
+    return this.owner.findExport(name);
+  }
+
+  listExports(): readonly ServedExport[] {
+    return this.owner.listExports();
+  }
+
+  begin(exp: ServedExport): void {
+    this.volume = exp.volume;
+    this.exportName = exp.name;
+    this.blockStatusOk = this.negotiation.metaContextExport === exp.name;
+    this.parser.enterTransmission();
+    this.owner.logger.debug({ peer: this.peer, export: exp.name }, "transmission");
+  }
+
+  end(error?: NbdProtocolError): void {
+    if (error !== undefined)
+      this.owner.logger.warn({ peer: this.peer, err: error.message }, "closing connection");
+    this.parser.stop();
+    this.stream.end();
+  }
+
+  send(buffer: Buffer): void {
+    if (this.finished) return;
+    // Replies finishing in the same tick leave in one write.
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      process.nextTick(this.uncork);
+    }
+    if (!this.stream.write(buffer)) this.writeBlocked = true;
+  }
+
+  // --- shutdown ---
+
+  /** Stop taking requests, let those in flight finish, then close. */
+  async shutdown(): Promise<void> {
+    this.closing = true;
+    this.parser.stop();
+    this.stream.pause();
+    await this.drain();
+    this.stream.end();
+  }
+
+  /** Resolves when no request is in flight. */
+  drain(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  // --- transmission ---
+
+  private validate(req: NbdRequest): number {
+    const volume = this.volume as Export;
+    const allowed = FLAGS_ALLOWED[req.type];
+    if (allowed === undefined) return NBD_EINVAL;
+    if ((req.flags & ~allowed) !== 0) return NBD_EINVAL;
+    const caps = volume.capabilities;
+    if ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && !caps.fua) return NBD_EINVAL;
+    if ((req.flags & NBD_CMD_FLAG_DF) !== 0 && !this.negotiation.structured) return NBD_EINVAL;
+    if (req.type === NBD_CMD_FLUSH) return caps.flush ? 0 : NBD_EINVAL;
+    const writes =
+      req.type === NBD_CMD_WRITE || req.type === NBD_CMD_TRIM || req.type === NBD_CMD_WRITE_ZEROES;
+    if (writes && caps.readOnly) return NBD_EPERM;
+    if (req.type === NBD_CMD_TRIM && !caps.trim) return NBD_EINVAL;
+    if (req.type === NBD_CMD_WRITE_ZEROES && !caps.zero) return NBD_EINVAL;
+    if ((req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && !caps.fastZero) return NBD_EINVAL;
+    if (req.type === NBD_CMD_BLOCK_STATUS && !this.blockStatusOk) return NBD_EINVAL;
+    if (req.type === NBD_CMD_CACHE && !caps.cache) return NBD_EINVAL;
+    if (req.length === 0) return NBD_EINVAL;
+    if (req.offset > volume.size || req.length > volume.size - req.offset) {
+      return req.type === NBD_CMD_WRITE || req.type === NBD_CMD_WRITE_ZEROES
+        ? NBD_ENOSPC
+        : NBD_EINVAL;
+    }
+    if (req.type === NBD_CMD_READ && req.length > NBD_MAX_PAYLOAD) {
+      return this.negotiation.structured ? NBD_EOVERFLOW : NBD_EINVAL;
+    }
+    return 0;
+  }
+
+  private async execute(req: NbdRequest): Promise<void> {
+    const volume = this.volume as Export;
+    switch (req.type) {
+      case NBD_CMD_READ: {
+        const structured = this.negotiation.structured;
+        const reply = allocReadReply(
+          structured,
+          req.cookieHi,
+          req.cookieLo,
+          req.offset,
+          req.length,
+        );
+        await volume.read(reply.subarray(readReplyOverhead(structured)), req.offset);
+        this.send(reply);
+        return;
+      }
+      case NBD_CMD_WRITE:
+        await volume.write(req.payload as Buffer, req.offset, req.flags);
+        break;
+      case NBD_CMD_FLUSH:
+        await volume.flush();
+        break;
+      case NBD_CMD_TRIM:
+        await volume.trim(req.offset, req.length, req.flags);
+        break;
+      case NBD_CMD_WRITE_ZEROES:
+        await volume.zero(req.offset, req.length, req.flags);
+        break;
+      case NBD_CMD_CACHE:
+        await volume.cache(req.offset, req.length);
+        break;
+      case NBD_CMD_BLOCK_STATUS: {
+        const extents = await volume.blockStatus(req.offset, req.length);
+        const reqOne = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+        const clipped = clipExtents(extents, req.length, reqOne);
+        this.send(encodeBlockStatus(req.cookieHi, req.cookieLo, BASE_ALLOCATION_ID, clipped));
+        return;
+      }
+    }
+    this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+  }
+
+  private replyError(req: NbdRequest, error: number, message: string): void {
+    this.owner.logger.debug({ peer: this.peer, error, message }, "request failed");
+    this.send(
+      this.negotiation.structured
+        ? encodeStructuredError(error, req.cookieHi, req.cookieLo, message)
+        : encodeSimpleReply(error, req.cookieHi, req.cookieLo),
+    );
+  }
+
+  private describeRejection(req: NbdRequest, error: number): string {
+    const name = NBD_CMD_NAMES[req.type] ?? `command ${req.type}`;
+    const volume = this.volume as Export;
+    if (error === NBD_EPERM)
+      return `${name}: export ${JSON.stringify(this.exportName)} is read-only`;
+    if (
+      error === NBD_ENOSPC ||
+      (error === NBD_EINVAL && req.length !== 0 && req.offset + req.length > volume.size)
+    )
+      return `${name}: range ${req.offset}+${req.length} is beyond the export size ${volume.size}`;
+    if (error === NBD_EOVERFLOW) return `${name}: length ${req.length} exceeds ${NBD_MAX_PAYLOAD}`;
+    if (error === NBD_ENOTSUP) return `${name}: not supported`;
+    return `${name}: invalid request (flags 0x${req.flags.toString(16)}, length ${req.length})`;
+  }
+
+  private done(req: NbdRequest): void {
+    this.inFlight--;
+    if (req.payload !== null) this.inFlightBytes -= req.payload.length;
+    this.updateFlow();
+    if (this.inFlight === 0 && this.drainWaiters.length > 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Backpressure both ways: stop reading while replies back up or too much is in flight. */
+  private updateFlow(): void {
+    if (this.closing || this.finished) return;
+    const limits = this.owner.limits;
+    const over =
+      this.writeBlocked ||
+      this.inFlight >= limits.maxInFlight ||
+      this.inFlightBytes >= limits.maxInFlightBytes;
+    if (over && !this.readPaused) {
+      this.readPaused = true;
+      this.stream.pause();
+    } else if (!over && this.readPaused) {
+      this.readPaused = false;
+      this.stream.resume();
+    }
+  }
+
+  private uncork(): void {
+    this.corked = false;
+    this.stream.uncork();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.parser.stop();
+    this.stream.destroy();
+    this.owner.closed(this);
+  }
+}
+
+function clipExtents<T extends { length: number; flags: number }>(
+  extents: readonly T[],
+  length: number,
+  reqOne: boolean,
+): readonly { length: number; flags: number }[] {
+  const first = extents[0];
+  if (first === undefined) return [{ length, flags: 0 }];
+  if (reqOne) return [{ length: Math.min(first.length, length), flags: first.flags }];
+  return extents;
+}
+
+function errorMessage(req: NbdRequest, err: unknown): string {
+  const name = NBD_CMD_NAMES[req.type] ?? `command ${req.type}`;
+  const detail = err instanceof Error ? err.message : String(err);
+  return `${name} at ${req.offset}+${req.length}: ${detail}`;
+}

@@ -1,0 +1,192 @@
+// Option haggling (spec "Fixed newstyle negotiation" and "Option types"):
+// each option gets its replies at once; GO and EXPORT_NAME end the phase.
+import {
+  BASE_ALLOCATION,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NBD_INFO_BLOCK_SIZE,
+  NBD_INFO_DESCRIPTION,
+  NBD_INFO_NAME,
+  NBD_OPT_ABORT,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_OPT_INFO,
+  NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_TOO_BIG,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP,
+} from "../constants.js";
+import { NbdProtocolError } from "../errors.js";
+import {
+  encodeExportNameReply,
+  encodeInfoBlockSize,
+  encodeInfoDescription,
+  encodeInfoExport,
+  encodeInfoName,
+  encodeMetaContext,
+  encodeOptionError,
+  encodeOptionReply,
+  encodeRepServer,
+} from "../codec/server-replies.js";
+import {
+  parseExportName,
+  parseGoRequest,
+  parseMetaContextRequest,
+} from "../codec/server-options.js";
+import type { ServedExport } from "./exports.js";
+import { DEFAULT_BLOCK_SIZES, transmissionFlags } from "./exports.js";
+
+/** The context id this server gives base:allocation. */
+export const BASE_ALLOCATION_ID = 1;
+
+export interface NegotiationHost {
+  send(buffer: Buffer): void;
+  findExport(name: string): ServedExport | undefined;
+  listExports(): readonly ServedExport[];
+  /** Enter transmission with the chosen export. */
+  begin(exp: ServedExport): void;
+  /** End the session (ABORT or a fatal negotiation error). */
+  end(error?: NbdProtocolError): void;
+}
+
+export class Negotiation {
+  noZeroes = false;
+  structured = false;
+  /** Export name base:allocation was last selected for, or null. */
+  metaContextExport: string | null = null;
+
+  constructor(private readonly host: NegotiationHost) {}
+
+  clientFlags(flags: number): void {
+    const known = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
+    if ((flags & ~known) !== 0) {
+      this.host.end(new NbdProtocolError(`unknown client flags 0x${flags.toString(16)}`));
+      return;
+    }
+    this.noZeroes = (flags & NBD_FLAG_C_NO_ZEROES) !== 0;
+  }
+
+  oversized(option: number, length: number): void {
+    this.host.send(
+      encodeOptionError(option, NBD_REP_ERR_TOO_BIG, `option data of ${length} bytes is too large`),
+    );
+  }
+
+  option(option: number, data: Buffer): void {
+    switch (option) {
+      case NBD_OPT_EXPORT_NAME:
+        return this.exportName(data);
+      case NBD_OPT_ABORT:
+        this.host.send(encodeOptionReply(option, NBD_REP_ACK));
+        return this.host.end();
+      case NBD_OPT_LIST:
+        if (data.length !== 0) return this.invalid(option, "NBD_OPT_LIST takes no data");
+        for (const e of this.host.listExports())
+          this.host.send(encodeRepServer(option, e.name, e.description));
+        return this.host.send(encodeOptionReply(option, NBD_REP_ACK));
+      case NBD_OPT_INFO:
+      case NBD_OPT_GO:
+        return this.go(option, data);
+      case NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0)
+          return this.invalid(option, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        this.structured = true;
+        return this.host.send(encodeOptionReply(option, NBD_REP_ACK));
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        return this.metaContext(option, data);
+      default:
+        // Includes NBD_OPT_STARTTLS and NBD_OPT_EXTENDED_HEADERS, not offered yet.
+        return this.host.send(
+          encodeOptionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`),
+        );
+    }
+  }
+
+  private invalid(option: number, message: string): void {
+    this.host.send(encodeOptionError(option, NBD_REP_ERR_INVALID, message));
+  }
+
+  private exportName(data: Buffer): void {
+    const name = parseExportName(data);
+    const exp = name === null ? undefined : this.host.findExport(name);
+    if (exp === undefined) {
+      // EXPORT_NAME cannot report errors: the spec says to end the session.
+      this.host.end(
+        new NbdProtocolError(`NBD_OPT_EXPORT_NAME for unknown export ${JSON.stringify(name)}`),
+      );
+      return;
+    }
+    const flags = transmissionFlags(exp.volume.capabilities, this.structured);
+    this.host.send(encodeExportNameReply(exp.volume.size, flags, this.noZeroes));
+    this.host.begin(exp);
+  }
+
+  private go(option: number, data: Buffer): void {
+    const request = parseGoRequest(data);
+    if (request === null) return this.invalid(option, "malformed NBD_OPT_INFO/NBD_OPT_GO data");
+    const exp = this.host.findExport(request.name);
+    if (exp === undefined) {
+      return this.host.send(
+        encodeOptionError(
+          option,
+          NBD_REP_ERR_UNKNOWN,
+          `no export named ${JSON.stringify(request.name)}`,
+        ),
+      );
+    }
+    const volume = exp.volume;
+    this.host.send(
+      encodeInfoExport(
+        option,
+        volume.size,
+        transmissionFlags(volume.capabilities, this.structured),
+      ),
+    );
+    if (request.infos.includes(NBD_INFO_NAME)) this.host.send(encodeInfoName(option, exp.name));
+    if (request.infos.includes(NBD_INFO_DESCRIPTION) && exp.description !== "")
+      this.host.send(encodeInfoDescription(option, exp.description));
+    // Sent unasked too: the constraints are the defaults, so clients may ignore them.
+    if (request.infos.includes(NBD_INFO_BLOCK_SIZE) || option === NBD_OPT_INFO)
+      this.host.send(encodeInfoBlockSize(option, volume.blockSizes ?? DEFAULT_BLOCK_SIZES));
+    this.host.send(encodeOptionReply(option, NBD_REP_ACK));
+    if (option === NBD_OPT_GO) this.host.begin(exp);
+  }
+
+  private metaContext(option: number, data: Buffer): void {
+    const set = option === NBD_OPT_SET_META_CONTEXT;
+    if (set) this.metaContextExport = null;
+    if (!this.structured)
+      return this.invalid(option, "negotiate NBD_OPT_STRUCTURED_REPLY before meta contexts");
+    const request = parseMetaContextRequest(data);
+    if (request === null) return this.invalid(option, "malformed meta context request");
+    const exp = this.host.findExport(request.name);
+    if (exp === undefined) {
+      return this.host.send(
+        encodeOptionError(
+          option,
+          NBD_REP_ERR_UNKNOWN,
+          `no export named ${JSON.stringify(request.name)}`,
+        ),
+      );
+    }
+    for (const q of request.queries) {
+      if (!q.includes(":"))
+        return this.invalid(option, `query ${JSON.stringify(q)} lacks a namespace`);
+    }
+    const wanted = set
+      ? request.queries.includes(BASE_ALLOCATION)
+      : request.queries.length === 0 ||
+        request.queries.some((q) => q === BASE_ALLOCATION || q === "base:");
+    if (wanted && exp.volume.capabilities.blockStatus) {
+      this.host.send(encodeMetaContext(option, set ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION));
+      if (set) this.metaContextExport = exp.name;
+    }
+    this.host.send(encodeOptionReply(option, NBD_REP_ACK));
+  }
+}

@@ -1,0 +1,269 @@
+// A volume on a regular file or a block device. Data goes through the libuv
+// thread pool, so concurrent requests complete in any order. FUA writes use a
+// second descriptor opened O_DSYNC: that write alone is made durable.
+import fs from "node:fs";
+import { readFile } from "node:fs/promises";
+import {
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_ENOTSUP,
+} from "../../nbd/constants.js";
+import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "../../nbd/constants.js";
+import { NbdRequestError } from "../../nbd/errors.js";
+import type { Backend, Capabilities, Extent } from "./types.js";
+import { isNotSupported, nativeFileOps, type NativeFileOps } from "./native-fileops.js";
+
+export interface FileBackendOptions {
+  readOnly?: boolean;
+  /** Create a sparse file of this size when the path does not exist. */
+  createSize?: number;
+}
+
+export class VolumeOpenError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "VolumeOpenError";
+  }
+}
+
+const ZERO_CHUNK = 1024 * 1024;
+const MAX_EXTENTS = 4096;
+let zeroes: Buffer | undefined;
+
+export class FileBackend implements Backend {
+  readonly capabilities: Capabilities;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    private readonly syncFd: number,
+    readonly size: number,
+    readonly isBlockDevice: boolean,
+    readOnly: boolean,
+    private readonly ops: NativeFileOps | null,
+  ) {
+    this.capabilities = {
+      readOnly,
+      flush: true,
+      fua: true,
+      trim: ops !== null,
+      zero: true,
+      fastZero: true,
+      cache: true,
+      blockStatus: true,
+      multiConn: true,
+    };
+  }
+
+  static async open(path: string, options: FileBackendOptions = {}): Promise<FileBackend> {
+    const readOnly = options.readOnly ?? false;
+    let stat: fs.Stats | undefined;
+    try {
+      stat = await fs.promises.stat(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw openError(path, err);
+    }
+    if (stat === undefined) {
+      if (options.createSize === undefined)
+        throw new VolumeOpenError(
+          "ENOENT",
+          `${path} does not exist; pass --size SIZE to create it`,
+        );
+      if (readOnly)
+        throw new VolumeOpenError(
+          "ENOENT",
+          `${path} does not exist and --read-only cannot create it`,
+        );
+      await createSparse(path, options.createSize);
+      stat = await fs.promises.stat(path);
+    }
+    if (!stat.isFile() && !stat.isBlockDevice())
+      throw new VolumeOpenError("EINVAL", `${path} is neither a regular file nor a block device`);
+    const mode = readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+    const fd = await openFd(path, mode);
+    const syncFd = readOnly ? fd : await openFd(path, mode | fs.constants.O_DSYNC);
+    const blockDevice = stat.isBlockDevice();
+    const size = blockDevice ? await blockDeviceSize(path, stat) : stat.size;
+    return new FileBackend(
+      path,
+      fd,
+      syncFd,
+      size,
+      blockDevice,
+      readOnly,
+      nativeFileOps().ops ?? null,
+    );
+  }
+
+  async read(into: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < into.length) {
+      const n = await pread(this.fd, into, done, into.length - done, offset + done);
+      if (n === 0) {
+        into.fill(0, done); // past the end of a file that shrank under us
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async write(data: Buffer, offset: number, flags: number): Promise<void> {
+    const fd = (flags & NBD_CMD_FLAG_FUA) !== 0 ? this.syncFd : this.fd;
+    let done = 0;
+    while (done < data.length)
+      done += await pwrite(fd, data, done, data.length - done, offset + done);
+  }
+
+  flush(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())),
+    );
+  }
+
+  async trim(offset: number, length: number, flags: number): Promise<void> {
+    if (this.ops === null) return;
+    try {
+      if (this.isBlockDevice) await this.ops.blkDiscard(this.fd, offset, length);
+      else await this.ops.punchHole(this.fd, offset, length);
+    } catch (err) {
+      // TRIM is advisory (spec "NBD_CMD_TRIM"): a range the platform won't free stays as it is.
+      if (isNotSupported(err) || (err as NodeJS.ErrnoException).code === "EINVAL") return;
+      throw err;
+    }
+    if ((flags & NBD_CMD_FLAG_FUA) !== 0) await this.flush();
+  }
+
+  async zero(offset: number, length: number, flags: number): Promise<void> {
+    if (await this.zeroFast(offset, length, flags)) {
+      if ((flags & NBD_CMD_FLAG_FUA) !== 0) await this.flush();
+      return;
+    }
+    if ((flags & NBD_CMD_FLAG_FAST_ZERO) !== 0)
+      throw new NbdRequestError(NBD_ENOTSUP, "zeroing here is no faster than writing");
+    zeroes ??= Buffer.alloc(ZERO_CHUNK);
+    for (let at = offset; at < offset + length; at += ZERO_CHUNK) {
+      const n = Math.min(ZERO_CHUNK, offset + length - at);
+      await this.write(zeroes.subarray(0, n), at, flags);
+    }
+  }
+
+  /** Zero without writing data, when the platform can; false when it cannot. */
+  private async zeroFast(offset: number, length: number, flags: number): Promise<boolean> {
+    const ops = this.ops;
+    if (ops === null) return false;
+    try {
+      if (this.isBlockDevice) await ops.blkZeroOut(this.fd, offset, length);
+      else if ((flags & NBD_CMD_FLAG_NO_HOLE) === 0) await ops.punchHole(this.fd, offset, length);
+      else await ops.zeroRange(this.fd, offset, length);
+      return true;
+    } catch (err) {
+      // Devices refuse unaligned ranges with EINVAL: write the zeros instead.
+      if (
+        isNotSupported(err) ||
+        (this.isBlockDevice && (err as NodeJS.ErrnoException).code === "EINVAL")
+      )
+        return false;
+      throw err;
+    }
+  }
+
+  /** Read the range once so it sits in the page cache (nbdkit's cache=emulate). */
+  async cache(offset: number, length: number): Promise<void> {
+    const scratch = Buffer.allocUnsafe(Math.min(length, ZERO_CHUNK));
+    for (let at = offset; at < offset + length; at += scratch.length) {
+      const n = Math.min(scratch.length, offset + length - at);
+      await this.read(scratch.subarray(0, n), at);
+    }
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const end = Math.min(offset + length, this.size);
+    if (this.ops === null || this.isBlockDevice) return [{ length: end - offset, flags: 0 }];
+    const runs = await this.ops.extents(this.fd, offset, end - offset, MAX_EXTENTS);
+    return runs.map((r) => ({
+      length: r.length,
+      flags: r.hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0,
+    }));
+  }
+
+  async close(): Promise<void> {
+    await closeFd(this.fd);
+    if (this.syncFd !== this.fd) await closeFd(this.syncFd);
+  }
+}
+
+function openError(path: string, err: unknown): VolumeOpenError {
+  const code = (err as NodeJS.ErrnoException).code ?? "EIO";
+  return new VolumeOpenError(code, `cannot open ${path}: ${(err as Error).message}`, {
+    cause: err,
+  });
+}
+
+async function openFd(path: string, flags: number): Promise<number> {
+  try {
+    return await new Promise<number>((resolve, reject) =>
+      fs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))),
+    );
+  } catch (err) {
+    throw openError(path, err);
+  }
+}
+
+async function createSparse(path: string, size: number): Promise<void> {
+  const handle = await fs.promises.open(path, "wx", 0o644).catch((err: unknown) => {
+    throw openError(path, err);
+  });
+  try {
+    await handle.truncate(size);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A block device's size from sysfs (stat reports 0 for devices). */
+async function blockDeviceSize(path: string, stat: fs.Stats): Promise<number> {
+  const rdev = stat.rdev;
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & ~0xff);
+  try {
+    const sectors = await readFile(`/sys/dev/block/${major}:${minor}/size`, "utf8");
+    return Number.parseInt(sectors.trim(), 10) * 512;
+  } catch (err) {
+    throw new VolumeOpenError("EIO", `cannot read the size of block device ${path}`, {
+      cause: err,
+    });
+  }
+}
+
+function pread(
+  fd: number,
+  buf: Buffer,
+  at: number,
+  length: number,
+  position: number,
+): Promise<number> {
+  return new Promise((resolve, reject) =>
+    fs.read(fd, buf, at, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  );
+}
+
+function pwrite(
+  fd: number,
+  buf: Buffer,
+  at: number,
+  length: number,
+  position: number,
+): Promise<number> {
+  return new Promise((resolve, reject) =>
+    fs.write(fd, buf, at, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  );
+}
+
+function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
+}

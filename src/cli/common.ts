@@ -1,0 +1,32 @@
+import type { Endpoint } from "../../nbd/transport.js";
+import { UsageError } from "./args.js";
+
+/** Run an argument parser, turning its complaints into usage errors. */
+export function asUsage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message.split("\n")[0] ?? "bad arguments", { cause: err });
+  }
+}
+
+/** The NBD URI of an endpoint (NBD URI standard). */
+export function endpointUri(endpoint: Endpoint, exportName: string): string {
+  const name = encodeURIComponent(exportName);
+  if (endpoint.kind === "unix")
+    return `nbd+unix:///${name}?socket=${encodeURIComponent(endpoint.path)}`;
+  const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
+  return `nbd://${host}:${endpoint.port}/${name}`;
+}
+
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const handler = (signal: NodeJS.Signals): void => {
+      process.off("SIGINT", handler);
+      process.off("SIGTERM", handler);
+      resolve(signal);
+    };
+    process.on("SIGINT", handler);
+    process.on("SIGTERM", handler);
+  });
+}
