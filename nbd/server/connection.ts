@@ -174,7 +174,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
     if (!this.corked) {
       this.corked = true;
       this.stream.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     if (!this.stream.write(buffer)) this.writeBlocked = true;
   }
