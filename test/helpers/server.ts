@@ -71,6 +71,8 @@ function spawnServer(file: string, args: readonly string[]): Spawned {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
+    // stop() decides when to escalate to SIGKILL, not execa's 5 s default.
+    forceKillAfterDelay: false,
   });
   let text = "";
   let partial = "";
