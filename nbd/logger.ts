@@ -1,14 +1,17 @@
-/** The logging surface the NBD layer needs; a pino logger satisfies it. */
-export interface Logger {
-  debug(obj: object, msg?: string): void;
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
+/** One log method: structured fields and a message, or a message alone (as pino takes them). */
+export interface LogFn {
+  (obj: object, msg?: string): void;
+  (msg: string): void;
 }
 
-export const silentLogger: Logger = {
-  debug: () => undefined,
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-};
+/** The logging surface the NBD layer needs; a pino logger satisfies it. */
+export interface Logger {
+  debug: LogFn;
+  info: LogFn;
+  warn: LogFn;
+  error: LogFn;
+}
+
+const ignore: LogFn = () => undefined;
+
+export const silentLogger: Logger = { debug: ignore, info: ignore, warn: ignore, error: ignore };

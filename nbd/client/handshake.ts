@@ -10,6 +10,7 @@ import {
   NBD_FLAG_FIXED_NEWSTYLE,
   NBD_FLAG_NO_ZEROES,
   NBD_INFO_BLOCK_SIZE,
+  NBD_INFO_DESCRIPTION,
   NBD_MAX_STRING,
   NBD_OPT_GO,
   NBD_OPT_SET_META_CONTEXT,
@@ -120,7 +121,10 @@ export async function negotiate(
       : new Map<string, number>();
 
   const details: ExportDetails = {};
-  const request = encodeInfoOption(NBD_OPT_GO, exportName, [NBD_INFO_BLOCK_SIZE]);
+  const request = encodeInfoOption(NBD_OPT_GO, exportName, [
+    NBD_INFO_BLOCK_SIZE,
+    NBD_INFO_DESCRIPTION,
+  ]);
   let reply = await channel.option(NBD_OPT_GO, request);
   while (reply.type === NBD_REP_INFO) {
     applyInfoReply(reply.payload, details);

@@ -87,7 +87,6 @@ export class Connection implements ServerParserSink, NegotiationHost {
   ) {
     this.parser = new ServerParser(this);
     this.negotiation = new Negotiation(this);
-    this.uncork = this.uncork.bind(this);
     stream.on("data", (chunk: Buffer) => this.parser.push(chunk));
     stream.on("drain", () => {
       this.writeBlocked = false;
@@ -321,10 +320,10 @@ export class Connection implements ServerParserSink, NegotiationHost {
     }
   }
 
-  private uncork(): void {
+  private readonly uncork = (): void => {
     this.corked = false;
     this.stream.uncork();
-  }
+  };
 
   private finish(): void {
     if (this.finished) return;

@@ -44,11 +44,10 @@ export function parseListen(text: string, option = "--listen"): Endpoint {
 }
 
 export function parseDuration(text: string, option: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text.trim());
   if (m === null)
-    throw new UsageError(`${option}: "${text}" is not a duration; use e.g. 500ms, 2s or 1m`);
-  const unit = m[2] ?? "ms";
-  const factor = unit === "ms" ? 1 : unit === "s" ? 1000 : 60_000;
+    throw new UsageError(`${option}: "${text}" is not a duration; use e.g. 500ms or 2s`);
+  const factor = m[2] === "s" ? 1000 : 1;
   return Math.round(Number(m[1]) * factor);
 }
 

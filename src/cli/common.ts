@@ -1,5 +1,6 @@
 import type { Endpoint } from "../../nbd/transport.js";
 import { UsageError } from "./args.js";
+import { VolumeOpenError } from "../backend/file.js";
 
 /** Run an argument parser, turning its complaints into usage errors. */
 export function asUsage<T>(parse: () => T): T {
@@ -29,4 +30,14 @@ export function waitForSignal(): Promise<NodeJS.Signals> {
     process.on("SIGINT", handler);
     process.on("SIGTERM", handler);
   });
+}
+
+/** Opening a volume fails on what the operator typed (missing file, wrong path): exit 2. */
+export async function openOrUsage<T>(open: () => Promise<T>): Promise<T> {
+  try {
+    return await open();
+  } catch (err) {
+    if (err instanceof VolumeOpenError) throw new UsageError(err.message, { cause: err });
+    throw err;
+  }
 }

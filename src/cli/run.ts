@@ -1,10 +1,20 @@
 import { UsageError } from "./args.js";
 import { serveCommand } from "./serve.js";
+import { primaryCommand } from "./primary.js";
+import { secondaryCommand } from "./secondary.js";
+import { demoCommand } from "./demo.js";
+import { controlCommand } from "./control.js";
 
 const USAGE = `usage: peercopy <command> [options]
 
 commands:
   serve IMAGE        serve a volume over NBD (file, block device, or --memory SIZE)
+  primary IMAGE --remote NBD-URI
+                     serve hosts and mirror every write to the remote
+  secondary IMAGE    the remote controller: read-only to hosts, takes the stream
+  demo               a primary and a secondary on loopback over ./var
+  status             print a running primary's status (--admin HOST:PORT)
+  suspend, resume    stop mirroring / copy the marked tracks and mirror again
 
 Run "peercopy <command> --help" for the options of a command.`;
 
@@ -12,6 +22,12 @@ type Command = (args: string[]) => Promise<number>;
 
 const COMMANDS: Readonly<Record<string, Command>> = {
   serve: serveCommand,
+  primary: primaryCommand,
+  secondary: secondaryCommand,
+  demo: demoCommand,
+  status: controlCommand("status", "GET"),
+  suspend: controlCommand("suspend", "POST"),
+  resume: controlCommand("resume", "POST"),
 };
 
 /** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage error). */

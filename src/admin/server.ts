@@ -1,0 +1,130 @@
+// The admin API: GET /status (JSON), GET /metrics (Prometheus text), and POST
+// actions. Bound to loopback by default; it has no authentication yet.
+import http from "node:http";
+import { once } from "node:events";
+import { Gauge, Registry } from "prom-client";
+import type { Logger } from "../../nbd/logger.js";
+
+export type Action = (body: Record<string, unknown>) => unknown;
+
+export interface AdminOptions {
+  host: string;
+  port: number;
+  status: () => Record<string, unknown>;
+  actions: Readonly<Record<string, Action>>;
+  logger: Logger;
+}
+
+export class AdminServer {
+  private readonly server: http.Server;
+  private readonly registry = new Registry();
+  private readonly gauges = new Map<string, Gauge>();
+
+  constructor(private readonly options: AdminOptions) {
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) =>
+        reply(res, 500, { error: (err as Error).message }),
+      );
+    });
+  }
+
+  async listen(): Promise<{ host: string; port: number }> {
+    this.server.listen(this.options.port, this.options.host);
+    await Promise.race([
+      once(this.server, "listening"),
+      once(this.server, "error").then(([e]) => Promise.reject(e as Error)),
+    ]);
+    const address = this.server.address();
+    const port = typeof address === "object" && address !== null ? address.port : this.options.port;
+    return { host: this.options.host, port };
+  }
+
+  close(): Promise<void> {
+    this.server.closeAllConnections();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = new URL(req.url ?? "/", "http://admin").pathname.replace(/\/+$/, "") || "/";
+    if (req.method === "GET" && path === "/status") return reply(res, 200, this.options.status());
+    if (req.method === "GET" && path === "/metrics") {
+      this.refreshMetrics();
+      res.writeHead(200, { "content-type": this.registry.contentType });
+      res.end(await this.registry.metrics());
+      return;
+    }
+    const action = req.method === "POST" ? this.options.actions[path.slice(1)] : undefined;
+    if (action === undefined) {
+      const known = Object.keys(this.options.actions).map((a) => `POST /${a}`);
+      return reply(res, 404, {
+        error: `no such endpoint; try GET /status, GET /metrics, ${known.join(", ")}`,
+      });
+    }
+    let body: Record<string, unknown> = {};
+    const text = await readBody(req);
+    if (text.trim() !== "") {
+      try {
+        body = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        return reply(res, 400, { error: "the request body must be JSON" });
+      }
+    }
+    try {
+      const result = await action(body);
+      this.options.logger.info({ action: path.slice(1), body }, "admin action");
+      reply(res, 200, result ?? { ok: true });
+    } catch (err) {
+      reply(res, 409, { error: (err as Error).message });
+    }
+  }
+
+  /** Every number in the status becomes a gauge named after its path; strings become labels. */
+  private refreshMetrics(): void {
+    const visit = (prefix: string, value: unknown): void => {
+      if (typeof value === "number") this.gauge(prefix).set(value);
+      else if (typeof value === "boolean") this.gauge(prefix).set(value ? 1 : 0);
+      else if (typeof value === "object" && value !== null)
+        for (const [k, v] of Object.entries(value)) visit(`${prefix}_${snake(k)}`, v);
+    };
+    const status = this.options.status();
+    visit("peercopy", status);
+    const state = status.pairState;
+    if (typeof state === "string") {
+      const g = this.gauge("peercopy_pair_state_info", ["state"]);
+      g.reset();
+      g.set({ state }, 1);
+    }
+  }
+
+  private gauge(name: string, labelNames: string[] = []): Gauge {
+    let g = this.gauges.get(name);
+    if (g === undefined) {
+      g = new Gauge({
+        name,
+        help: name.replace(/_/g, " "),
+        labelNames,
+        registers: [this.registry],
+      });
+      this.gauges.set(name, g);
+    }
+    return g;
+  }
+}
+
+function snake(key: string): string {
+  return key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
+}
+
+function reply(res: http.ServerResponse, code: number, body: unknown): void {
+  res.writeHead(code, { "content-type": "application/json" });
+  res.end(`${JSON.stringify(body, null, 2)}\n`);
+}
+
+async function readBody(req: http.IncomingMessage): Promise<string> {
+  let text = "";
+  for await (const chunk of req) {
+    text += String(chunk);
+    if (text.length > 65536) throw new Error("request body too large");
+  }
+  return text;
+}

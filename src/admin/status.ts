@@ -1,0 +1,72 @@
+// The JSON served at GET /status, and the same figures as Prometheus metrics.
+import type { MirrorFilter } from "../mirror/mirror.js";
+
+export interface ControllerInfo {
+  role: "primary" | "secondary";
+  hostUri: string;
+  volume: string;
+  size: number;
+  hostConnections: () => number;
+}
+
+export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<string, unknown> {
+  const seq = m.sequencer.stats();
+  const resync = m.resyncProgress;
+  return {
+    role: info.role,
+    mode: m.mode,
+    pairState: m.state,
+    suspendReason: m.suspendReason ?? null,
+    host: {
+      uri: info.hostUri,
+      connections: info.hostConnections(),
+      volume: info.volume,
+      size: info.size,
+    },
+    trackSize: m.planner.trackSize,
+    outOfSync: {
+      tracks: m.tracks.outOfSyncTracks,
+      bytes: m.tracks.outOfSyncBytes,
+      pendingTracks: m.tracks.pendingTrackCount,
+    },
+    lag: {
+      writes: m.lag.writes,
+      bytes: m.lag.bytes,
+      ms: Math.round(m.lag.ms),
+      maxBytes: m.lag.maxBytes ?? null,
+      maxMs: m.lag.maxMs ?? null,
+      policy: m.lag.policy,
+    },
+    link: {
+      state: m.link.state,
+      remote: m.link.remoteUri,
+      ordered: m.link.ordered,
+      queued: m.link.queued,
+      inFlight: m.link.requestsInFlight,
+      sentRequests: m.link.sentRequests,
+      sentBytes: m.link.sentBytes,
+      reconnects: m.link.reconnects,
+      errors: m.link.errors,
+      lastError: m.link.lastError ?? null,
+    },
+    sequencer: {
+      tasksActive: seq.tasksActive,
+      subtasksQueued: seq.subtasksQueued,
+      subtasksQueuedMax: seq.subtasksQueuedMax,
+      subtasksOutOfOrder: seq.subtasksOutOfOrder,
+      subtasksDispatched: seq.subtasksDispatched,
+      subtasksDropped: seq.subtasksDropped,
+      tasksFailed: seq.tasksFailed,
+      waitMs: seq.wait,
+    },
+    resync: {
+      running: resync.running,
+      totalTracks: resync.totalTracks,
+      copiedTracks: resync.copiedTracks,
+      zeroTracks: resync.zeroTracks,
+      bytesPerSecond: Math.round(resync.rate),
+      etaSeconds: resync.eta === undefined ? null : Math.round(resync.eta),
+    },
+    errors: { hostWrites: m.hostWriteErrors, link: m.link.errors },
+  };
+}

@@ -1,0 +1,122 @@
+import { parseArgs } from "node:util";
+import { startPrimary } from "../controller/primary.js";
+import { AdminServer } from "../admin/server.js";
+import { parseNbdUri } from "../../nbd/uri.js";
+import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
+import { validateTrackSize } from "../sequencer/plan.js";
+import { createLogger } from "./log.js";
+import { asUsage, openOrUsage, waitForSignal } from "./common.js";
+import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
+import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
+
+const HELP = `usage: peercopy primary IMAGE --remote NBD-URI [options]
+
+The first storage controller: serves hosts and mirrors every write, zero and
+trim to the remote NBD server, track by track, in order.
+
+  --remote NBD-URI        the secondary: a peercopy secondary's replication export
+                          (nbd://HOST:PORT/replication) or any NBD server
+  --mode sync|async       sync: a write is acknowledged once both sides have it
+                          (default); async: once the local volume has it
+  --track-size SIZE       replication unit, a power of two from 4K to 16M (default 64K)
+  --max-lag LIMIT         async only: bound the lag, e.g. 64M, 2s, or 64M,2s
+  --on-lag block|suspend  past the bound: slow hosts down (default) or stop mirroring
+  --on-link-loss suspend|fail
+                          when the secondary is gone: go on and mark tracks
+                          (default) or fail host writes with EIO
+  --ordered-remote auto|yes|no
+                          whether the remote applies writes in arrival order
+                          (auto: only a peercopy secondary does)
+  --stop-timeout DURATION how long SIGTERM waits for the link to drain (default 30s)
+  --admin HOST:PORT       serve GET /status, GET /metrics and POST actions here
+${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}`;
+
+const OPTIONS = {
+  ...HOST_OPTIONS,
+  remote: { type: "string" },
+  mode: { type: "string" },
+  "track-size": { type: "string" },
+  "max-lag": { type: "string" },
+  "on-lag": { type: "string" },
+  "on-link-loss": { type: "string" },
+  "ordered-remote": { type: "string" },
+  "stop-timeout": { type: "string" },
+  admin: { type: "string" },
+} as const;
+
+export async function primaryCommand(args: string[]): Promise<number> {
+  const { values, positionals } = asUsage(() =>
+    parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+  );
+  if (values.help === true) {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  const host = parseHostArgs(values, positionals, "127.0.0.1:10809");
+  if (values.remote === undefined)
+    throw new UsageError("--remote NBD-URI is required, e.g. nbd://127.0.0.1:10810/replication");
+  const remote = values.remote;
+  asUsage(() => parseNbdUri(remote));
+  const mode = oneOf(values.mode ?? "sync", Object.values(MirrorMode), "--mode");
+  const trackSize =
+    values["track-size"] === undefined
+      ? undefined
+      : parseSize(values["track-size"], "--track-size");
+  if (trackSize !== undefined) asUsage(() => validateTrackSize(trackSize));
+  let maxLagBytes: number | undefined;
+  let maxLagMs: number | undefined;
+  for (const part of (values["max-lag"] ?? "").split(",").filter((p) => p !== "")) {
+    // "2s", "500ms" bound the time; "64M" bounds the bytes.
+    if (/^\d+(\.\d+)?(ms|s)$/.test(part)) maxLagMs = parseDuration(part, "--max-lag");
+    else maxLagBytes = parseSize(part, "--max-lag");
+  }
+  if (mode === MirrorMode.SYNC && (maxLagBytes !== undefined || maxLagMs !== undefined))
+    throw new UsageError("--max-lag applies to --mode async only");
+  const onLag = oneOf(values["on-lag"] ?? "block", Object.values(LagPolicy), "--on-lag");
+  const onLinkLoss = oneOf(
+    values["on-link-loss"] ?? "suspend",
+    Object.values(LinkLossPolicy),
+    "--on-link-loss",
+  );
+  const ordered = oneOf(
+    values["ordered-remote"] ?? "auto",
+    ["auto", "yes", "no"] as const,
+    "--ordered-remote",
+  );
+  const stopTimeout = parseDuration(values["stop-timeout"] ?? "30s", "--stop-timeout");
+  const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
+  const logger = createLogger(host.logLevel);
+
+  const primary = await openOrUsage(() =>
+    startPrimary({
+      volume: host.volume,
+      listen: host.listen,
+      exportName: host.exportName,
+      mirror: { remote, mode, trackSize, maxLagBytes, maxLagMs, onLag, onLinkLoss, ordered },
+      logger,
+    }),
+  );
+  let adminServer: AdminServer | undefined;
+  if (admin !== undefined && admin.kind === "tcp") {
+    adminServer = new AdminServer({
+      host: admin.host,
+      port: admin.port,
+      status: primary.status,
+      actions: primary.actions,
+      logger,
+    });
+    const bound = await adminServer.listen();
+    logger.info({ status: `http://${bound.host}:${bound.port}/status` }, "admin API");
+  }
+  const signal = await waitForSignal();
+  logger.info({ signal }, "stopping: no new host requests; draining the link");
+  const drained = await primary.stop(stopTimeout);
+  await adminServer?.close();
+  if (drained) logger.info("stopped; the secondary has every write");
+  else
+    logger.warn(
+      { outOfSyncTracks: primary.mirror.tracks.outOfSyncTracks },
+      "stopped before the link drained",
+    );
+  return 0;
+}

@@ -1,0 +1,67 @@
+import { parseArgs } from "node:util";
+import { startSecondary } from "../controller/secondary.js";
+import { AdminServer } from "../admin/server.js";
+import { createLogger } from "./log.js";
+import { asUsage, openOrUsage, waitForSignal } from "./common.js";
+import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
+import { parseListen } from "./args.js";
+
+const HELP = `usage: peercopy secondary IMAGE [options]
+
+The remote controller. Hosts get IMAGE read-only under --export; the primary
+writes to the replication export (default "replication"), whose writes are
+applied in the order they arrive. Point the primary at it with
+  peercopy primary P.img --remote nbd://HOST:PORT/replication
+
+${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10810")}
+  --replication-export NAME   export the primary writes to (default replication)
+  --admin HOST:PORT           serve GET /status and /metrics here
+
+The replication export has no authentication yet: anyone who can reach the
+port can write to it. Bind it to loopback or a private network.`;
+
+const OPTIONS = {
+  ...HOST_OPTIONS,
+  "replication-export": { type: "string" },
+  admin: { type: "string" },
+} as const;
+
+export async function secondaryCommand(args: string[]): Promise<number> {
+  const { values, positionals } = asUsage(() =>
+    parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+  );
+  if (values.help === true) {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  const host = parseHostArgs(values, positionals, "127.0.0.1:10810");
+  const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
+  const logger = createLogger(host.logLevel);
+  const secondary = await openOrUsage(() =>
+    startSecondary({
+      volume: host.volume,
+      listen: host.listen,
+      exportName: host.exportName,
+      replicationExport: values["replication-export"] ?? "replication",
+      logger,
+    }),
+  );
+  let adminServer: AdminServer | undefined;
+  if (admin !== undefined && admin.kind === "tcp") {
+    adminServer = new AdminServer({
+      host: admin.host,
+      port: admin.port,
+      status: secondary.status,
+      actions: {},
+      logger,
+    });
+    const bound = await adminServer.listen();
+    logger.info({ status: `http://${bound.host}:${bound.port}/status` }, "admin API");
+  }
+  const signal = await waitForSignal();
+  logger.info({ signal }, "stopping");
+  await adminServer?.close();
+  await secondary.stop();
+  logger.info("stopped");
+  return 0;
+}

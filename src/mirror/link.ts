@@ -1,0 +1,306 @@
+// The link ("second processor"): turns dispatched subtasks into NBD commands
+// to the secondary, in dispatch order. With peercopy's own secondary, which
+// applies the stream in arrival order, it keeps a window of requests in flight.
+// With any other NBD server, requests in flight may execute in any order, so a
+// request is held back until every write it depends on has been acknowledged
+// (its barrier), and two requests for one track are never in flight together.
+import { NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE } from "../../nbd/constants.js";
+import { NbdClient, connectUri } from "../../nbd/client/index.js";
+import type { Logger } from "../../nbd/logger.js";
+import type { Subtask } from "../sequencer/plan.js";
+
+/** The export description by which a peercopy secondary says it applies writes in order. */
+export const ORDERED_STREAM_DESCRIPTION = "peercopy replication stream (applied in arrival order)";
+
+export const LinkEntryKind = { SUBTASK: 0, FLUSH: 1 } as const;
+
+export interface LinkEntry {
+  readonly kind: (typeof LinkEntryKind)[keyof typeof LinkEntryKind];
+  readonly subtask: Subtask | undefined;
+  /** Host acknowledgements this entry depends on (see MirrorFilter's watermark). */
+  readonly barrier: number;
+  /** Owner's context, handed back in callbacks. */
+  readonly owner: unknown;
+}
+
+export interface LinkEvents {
+  acked(entry: LinkEntry): void;
+  /** The link went down; `abandoned` never reached (or never were confirmed by) the secondary. */
+  lost(error: Error, abandoned: LinkEntry[]): void;
+  connected(): void;
+  /** True once every write acknowledged to hosts up to `barrier` is on the secondary. */
+  barrierReached(barrier: number): boolean;
+}
+
+export interface LinkOptions {
+  remote: string;
+  /** Volume size the secondary must at least have. */
+  size: number;
+  logger: Logger;
+  events: LinkEvents;
+  /** "auto" trusts the secondary's export description. */
+  ordered?: "auto" | "yes" | "no";
+  maxInFlight?: number;
+  maxInFlightBytes?: number;
+}
+
+export const LinkState = {
+  DOWN: "down",
+  CONNECTING: "connecting",
+  UP: "up",
+  STOPPED: "stopped",
+} as const;
+export type LinkState = (typeof LinkState)[keyof typeof LinkState];
+
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+export class Link {
+  state: LinkState = LinkState.DOWN;
+  ordered = false;
+  reconnects = 0;
+  errors = 0;
+  lastError: string | undefined;
+  sentRequests = 0;
+  sentBytes = 0;
+  private client: NbdClient | null = null;
+  private readonly queue: LinkEntry[] = [];
+  private head = 0;
+  private readonly inFlight = new Set<LinkEntry>();
+  private inFlightBytes = 0;
+  private readonly busyTracks = new Map<number, number>();
+  private readonly maxInFlight: number;
+  private readonly maxInFlightBytes: number;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private attempt = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly options: LinkOptions) {
+    this.maxInFlight = options.maxInFlight ?? 64;
+    this.maxInFlightBytes = options.maxInFlightBytes ?? 64 * 1024 * 1024;
+  }
+
+  get queued(): number {
+    return this.queue.length - this.head;
+  }
+
+  get requestsInFlight(): number {
+    return this.inFlight.size;
+  }
+
+  get remoteUri(): string {
+    return this.options.remote;
+  }
+
+  get remoteDescription(): string | undefined {
+    return this.client?.negotiated.description;
+  }
+
+  /** Connect now; on failure keep retrying with backoff. Resolves after the first attempt. */
+  async start(): Promise<void> {
+    await this.connectOnce();
+  }
+
+  enqueue(entry: LinkEntry): void {
+    this.queue.push(entry);
+    this.pump();
+  }
+
+  /** Resolves when nothing is queued or in flight (or the link is down). */
+  idle(): Promise<void> {
+    if (this.isIdle()) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Take back everything queued but not yet sent (mirroring suspended). */
+  dropQueued(): LinkEntry[] {
+    const out = this.queue.slice(this.head);
+    this.queue.length = 0;
+    this.head = 0;
+    if (this.isIdle()) this.wakeIdle();
+    return out;
+  }
+
+  /** Stop for good: no reconnection; pending entries are abandoned. */
+  async stop(): Promise<void> {
+    this.state = LinkState.STOPPED;
+    clearTimeout(this.retryTimer);
+    const client = this.client;
+    this.client = null;
+    if (client !== null) await client.close().catch(() => undefined);
+    this.wakeIdle();
+  }
+
+  /** Drop the connection as a link failure would (operator action, tests, fault injection). */
+  cut(reason = "link cut by operator"): void {
+    this.fail(Object.assign(new Error(reason), { code: "ELINKCUT" }));
+  }
+
+  private isIdle(): boolean {
+    return this.state !== LinkState.UP || (this.queued === 0 && this.inFlight.size === 0);
+  }
+
+  private async connectOnce(): Promise<void> {
+    if (this.state === LinkState.STOPPED) return;
+    this.state = LinkState.CONNECTING;
+    const { logger, remote } = this.options;
+    try {
+      const client = await connectUri(remote, { timeoutMs: 5000 });
+      if (this.state !== LinkState.CONNECTING) {
+        client.destroy();
+        return;
+      }
+      if (client.size < this.options.size) {
+        client.destroy();
+        throw Object.assign(
+          new Error(
+            `the secondary ${remote} has ${client.size} bytes, less than the primary's ${this.options.size}`,
+          ),
+          { code: "ESIZE" },
+        );
+      }
+      if (client.capabilities.readOnly) {
+        client.destroy();
+        throw Object.assign(new Error(`the secondary export at ${remote} is read-only`), {
+          code: "EROFS",
+        });
+      }
+      const mode = this.options.ordered ?? "auto";
+      this.ordered =
+        mode === "yes" ||
+        (mode === "auto" && client.negotiated.description === ORDERED_STREAM_DESCRIPTION);
+      this.client = client;
+      client.on("close", (reason) => {
+        if (this.client === client && this.state === LinkState.UP)
+          this.fail(reason ?? new Error("the secondary closed the connection"));
+      });
+      this.state = LinkState.UP;
+      this.attempt = 0;
+      logger.info({ remote, ordered: this.ordered, size: client.size }, "link up");
+      this.options.events.connected();
+      this.pump();
+    } catch (err) {
+      this.errors++;
+      this.lastError = (err as Error).message;
+      this.state = LinkState.DOWN;
+      this.scheduleRetry(err as Error);
+    }
+  }
+
+  private scheduleRetry(err: Error): void {
+    if (this.state === LinkState.STOPPED) return;
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
+    this.attempt++;
+    this.options.logger.warn(
+      { remote: this.options.remote, attempt: this.attempt, retryInMs: delay, err: err.message },
+      "link down; reconnecting",
+    );
+    this.retryTimer = setTimeout(() => {
+      this.reconnects++;
+      void this.connectOnce();
+    }, delay);
+    this.retryTimer.unref();
+  }
+
+  private pump(): void {
+    const client = this.client;
+    if (client === null || this.state !== LinkState.UP) return;
+    while (this.head < this.queue.length) {
+      if (this.inFlight.size >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes)
+        break;
+      const entry = this.queue[this.head] as LinkEntry;
+      if (!this.ordered && !this.mayOverlap(entry)) break;
+      this.queue[this.head++] = undefined as unknown as LinkEntry;
+      this.send(client, entry);
+    }
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Rules for a secondary that may run requests in flight in any order. */
+  private mayOverlap(entry: LinkEntry): boolean {
+    if (entry.kind === LinkEntryKind.FLUSH) return this.inFlight.size === 0;
+    if (!this.options.events.barrierReached(entry.barrier)) return false;
+    const seq = (entry.subtask as Subtask).seq;
+    return !this.busyTracks.has(seq);
+  }
+
+  private send(client: NbdClient, entry: LinkEntry): void {
+    this.inFlight.add(entry);
+    const sub = entry.subtask;
+    let op: Promise<void>;
+    if (sub === undefined) {
+      op = client.flush();
+    } else {
+      this.busyTracks.set(sub.seq, (this.busyTracks.get(sub.seq) ?? 0) + 1);
+      const fua = sub.flags & NBD_CMD_FLAG_FUA;
+      if (sub.data !== undefined) {
+        this.inFlightBytes += sub.length;
+        op = client.write(sub.data, sub.offset, fua);
+      } else if (sub.kind === "zero") {
+        op = client.zero(sub.offset, sub.length, fua | (sub.flags & NBD_CMD_FLAG_NO_HOLE));
+      } else {
+        op = client.capabilities.trim
+          ? client.trim(sub.offset, sub.length, fua)
+          : Promise.resolve();
+      }
+      this.sentBytes += sub.length;
+    }
+    this.sentRequests++;
+    op.then(
+      () => this.settle(entry, undefined),
+      (err: unknown) => this.settle(entry, err as Error),
+    );
+  }
+
+  private settle(entry: LinkEntry, err: Error | undefined): void {
+    if (!this.inFlight.delete(entry)) return; // abandoned when the link failed
+    const sub = entry.subtask;
+    if (sub !== undefined) {
+      const n = (this.busyTracks.get(sub.seq) ?? 1) - 1;
+      if (n === 0) this.busyTracks.delete(sub.seq);
+      else this.busyTracks.set(sub.seq, n);
+      if (sub.data !== undefined) this.inFlightBytes -= sub.length;
+    }
+    if (err !== undefined) {
+      // Mirroring cannot go on past a write the secondary refused: treat as link failure.
+      this.inFlight.add(entry);
+      this.fail(err);
+      return;
+    }
+    this.options.events.acked(entry);
+    this.pump();
+    if (this.isIdle()) this.wakeIdle();
+  }
+
+  private fail(err: Error): void {
+    if (this.state !== LinkState.UP) return;
+    this.errors++;
+    this.lastError = err.message;
+    const abandoned = [...this.inFlight, ...this.queue.slice(this.head)];
+    this.inFlight.clear();
+    this.busyTracks.clear();
+    this.inFlightBytes = 0;
+    this.queue.length = 0;
+    this.head = 0;
+    const client = this.client;
+    this.client = null;
+    this.state = LinkState.DOWN;
+    client?.destroy(err);
+    this.options.logger.error(
+      { remote: this.options.remote, err: err.message, abandoned: abandoned.length },
+      "link lost",
+    );
+    this.options.events.lost(err, abandoned);
+    this.wakeIdle();
+    this.scheduleRetry(err);
+  }
+
+  private wakeIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+}

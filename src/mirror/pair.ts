@@ -1,0 +1,20 @@
+// Pair states, in the PPRC vocabulary.
+export const PairState = {
+  SIMPLEX: "simplex",
+  DUPLEX_PENDING: "duplex-pending",
+  FULL_DUPLEX: "full-duplex",
+  SUSPENDED: "suspended",
+} as const;
+export type PairState = (typeof PairState)[keyof typeof PairState];
+
+export const SuspendReason = { OPERATOR: "operator", LINK: "link", LAG: "lag" } as const;
+export type SuspendReason = (typeof SuspendReason)[keyof typeof SuspendReason];
+
+export const MirrorMode = { SYNC: "sync", ASYNC: "async" } as const;
+export type MirrorMode = (typeof MirrorMode)[keyof typeof MirrorMode];
+
+export const LagPolicy = { BLOCK: "block", SUSPEND: "suspend" } as const;
+export type LagPolicy = (typeof LagPolicy)[keyof typeof LagPolicy];
+
+export const LinkLossPolicy = { SUSPEND: "suspend", FAIL: "fail" } as const;
+export type LinkLossPolicy = (typeof LinkLossPolicy)[keyof typeof LinkLossPolicy];

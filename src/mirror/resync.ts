@@ -1,0 +1,124 @@
+// Copies the tracks marked out of sync to the secondary, in ascending track
+// order, through the same sequencer and link as host writes. Tracks the local
+// volume reports as reading zeros go as WRITE_ZEROES instead of data.
+import { NBD_STATE_ZERO } from "../../nbd/constants.js";
+import type { Logger } from "../../nbd/logger.js";
+import type { Backend } from "../backend/types.js";
+import { TaskRun } from "./task-run.js";
+import type { MirrorFilter } from "./mirror.js";
+
+const WINDOW = 16;
+
+export class Resync {
+  running = false;
+  totalTracks = 0;
+  copiedTracks = 0;
+  copiedBytes = 0;
+  zeroTracks = 0;
+  startedAt = 0;
+  private stopped = false;
+  private outstanding = new Set<Promise<void>>();
+
+  constructor(
+    private readonly mirror: MirrorFilter,
+    private readonly local: Backend,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Bytes per second since this resync started. */
+  get rate(): number {
+    const seconds = (performance.now() - this.startedAt) / 1000;
+    return seconds > 0 ? this.copiedBytes / seconds : 0;
+  }
+
+  /** Seconds left at the current rate, or undefined before there is a rate. */
+  get eta(): number | undefined {
+    const left = this.mirror.tracks.outOfSyncBytes;
+    const rate = this.rate;
+    return rate > 0 ? left / rate : undefined;
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** True when every track is in sync; false when mirroring stopped first. */
+  async run(): Promise<boolean> {
+    if (this.running) return false;
+    this.running = true;
+    this.stopped = false;
+    this.startedAt = performance.now();
+    this.totalTracks = this.mirror.tracks.outOfSyncTracks;
+    this.copiedTracks = 0;
+    this.copiedBytes = 0;
+    this.zeroTracks = 0;
+    this.logger.info({ tracks: this.totalTracks }, "resync started");
+    try {
+      const tracks = this.mirror.tracks;
+      while (this.active() && tracks.outOfSyncTracks > 0) {
+        for (let t = tracks.nextStale(0); t >= 0 && this.active(); t = tracks.nextStale(t + 1)) {
+          if (this.outstanding.size >= WINDOW) await Promise.race(this.outstanding);
+          await this.mirror.waitForTracks(t, 1);
+          if (!this.active() || !tracks.isStale(t)) continue;
+          const copy = this.copyTrack(t);
+          this.outstanding.add(copy);
+          void copy.finally(() => this.outstanding.delete(copy));
+        }
+        await Promise.all(this.outstanding);
+      }
+      const done = this.active() && tracks.outOfSyncTracks === 0;
+      const seconds = ((performance.now() - this.startedAt) / 1000).toFixed(1);
+      this.logger.info(
+        { copiedTracks: this.copiedTracks, zeroTracks: this.zeroTracks, seconds, complete: done },
+        "resync finished",
+      );
+      return done;
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private active(): boolean {
+    return !this.stopped && this.mirror.mirroring;
+  }
+
+  private async copyTrack(track: number): Promise<void> {
+    const size = this.mirror.planner.trackSize;
+    const offset = track * size;
+    const length = Math.min(size, this.local.size - offset);
+    const extents = await this.local.blockStatus(offset, length);
+    const first = extents[0];
+    const zero =
+      first !== undefined && first.length >= length && (first.flags & NBD_STATE_ZERO) !== 0;
+    if (!this.active() || !this.mirror.tracks.isStale(track)) return;
+    await this.mirror.waitForTracks(track, 1);
+    const data = zero ? undefined : Buffer.allocUnsafe(length);
+    const task = this.mirror.planner.plan(
+      data === undefined ? { kind: "zero", offset, length } : { kind: "write", offset, data },
+    );
+    await new Promise<void>((resolve) => {
+      const run = new TaskRun(task, 0, resolve, () => resolve(), true);
+      // Cleared before the read: a write that lands after it marks nothing stale, but
+      // it is ordered after this copy by the track lock, so the secondary gets it too.
+      this.mirror.tracks.clearStale(track);
+      this.mirror.begin(run);
+      const sub = task.subtasks[0];
+      if (sub === undefined) return resolve();
+      const read = data === undefined ? Promise.resolve() : this.local.read(data, offset);
+      read.then(
+        () => this.mirror.localDone(run, sub),
+        (err: unknown) => this.mirror.localFailedResync(run, err as Error),
+      );
+    });
+  }
+
+  /** Called when a resync run finished: copied, or abandoned (its track is marked again). */
+  settled(run: TaskRun, err: Error | undefined): void {
+    if (err === undefined && !run.abandoned) {
+      this.copiedTracks++;
+      this.copiedBytes += run.task.length;
+      if (run.task.kind === "zero") this.zeroTracks++;
+    }
+    run.resolve();
+  }
+}
