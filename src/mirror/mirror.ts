@@ -193,6 +193,12 @@ export class MirrorFilter extends Filter {
     this.sequencer.begin(taskId, firstSeq, count);
     this.runs.set(taskId, run);
     this.undispatched.add(run);
+    if (!run.resync && this.resync.running) this.resync.touch(firstSeq, count);
+  }
+
+  /** Track ranges [first, end) of the writes not yet on the secondary. */
+  *activeTrackRanges(): IterableIterator<[number, number]> {
+    for (const r of this.runs.values()) yield [r.firstTrack, r.endTrack];
   }
 
   /** A later task on a track waits until the earlier one is fully dispatched, so the

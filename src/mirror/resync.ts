@@ -7,7 +7,9 @@ import type { Backend } from "../backend/types.js";
 import { TaskRun } from "./task-run.js";
 import type { MirrorFilter } from "./mirror.js";
 
-const WINDOW = 16;
+const WINDOW = 32;
+const STATUS_SPAN = 256 * 1024 * 1024;
+const MAX_TOUCHED = 65536;
 
 export class Resync {
   running = false;
@@ -18,6 +20,11 @@ export class Resync {
   startedAt = 0;
   private stopped = false;
   private outstanding = new Set<Promise<void>>();
+  /** Cached block status: [start, end) pairs of zero ranges within [extentsStart, extentsEnd). */
+  private zeroRanges: number[] = [];
+  private extentsStart = 0;
+  private extentsEnd = 0;
+  private readonly touched = new Set<number>();
 
   constructor(
     private readonly mirror: MirrorFilter,
@@ -52,6 +59,7 @@ export class Resync {
     this.copiedTracks = 0;
     this.copiedBytes = 0;
     this.zeroTracks = 0;
+    this.extentsEnd = this.extentsStart;
     this.logger.info({ tracks: this.totalTracks }, "resync started");
     try {
       const tracks = this.mirror.tracks;
@@ -86,20 +94,19 @@ export class Resync {
     const size = this.mirror.planner.trackSize;
     const offset = track * size;
     const length = Math.min(size, this.local.size - offset);
-    const extents = await this.local.blockStatus(offset, length);
-    const first = extents[0];
-    const zero =
-      first !== undefined && first.length >= length && (first.flags & NBD_STATE_ZERO) !== 0;
-    if (!this.active() || !this.mirror.tracks.isStale(track)) return;
+    await this.ensureStatus(offset);
     await this.mirror.waitForTracks(track, 1);
+    if (!this.active() || !this.mirror.tracks.isStale(track)) return;
+    // From here to begin() nothing awaits, so no host write can slip in between.
+    const zero = this.readsAsZeros(track, offset, length);
     const data = zero ? undefined : Buffer.allocUnsafe(length);
     const task = this.mirror.planner.plan(
       data === undefined ? { kind: "zero", offset, length } : { kind: "write", offset, data },
     );
     await new Promise<void>((resolve) => {
       const run = new TaskRun(task, 0, resolve, () => resolve(), true);
-      // Cleared before the read: a write that lands after it marks nothing stale, but
-      // it is ordered after this copy by the track lock, so the secondary gets it too.
+      // Cleared before the read: a host write after it is ordered after this copy by
+      // the track lock, so the secondary receives it as well.
       this.mirror.tracks.clearStale(track);
       this.mirror.begin(run);
       const sub = task.subtasks[0];
@@ -110,6 +117,44 @@ export class Resync {
         (err: unknown) => this.mirror.localFailedResync(run, err as Error),
       );
     });
+  }
+
+  /** A host write began on these tracks: their cached block status may be stale. */
+  touch(first: number, count: number): void {
+    if (count > MAX_TOUCHED || this.touched.size > MAX_TOUCHED) this.extentsEnd = this.extentsStart;
+    else for (let t = first; t < first + count; t++) this.touched.add(t);
+  }
+
+  /**
+   * Asks the local volume which ranges read as zeros, many tracks at a time, since
+   * the copy walks in ascending order. Tracks with host writes in flight at the time
+   * of the query, or begun after it, are not trusted to the answer.
+   */
+  private async ensureStatus(offset: number): Promise<void> {
+    if (offset >= this.extentsStart && offset < this.extentsEnd) return;
+    const span = Math.min(this.local.size - offset, STATUS_SPAN);
+    this.touched.clear();
+    for (const [first, end] of this.mirror.activeTrackRanges()) this.touch(first, end - first);
+    const ranges: number[] = [];
+    let at = offset;
+    for (const e of await this.local.blockStatus(offset, span)) {
+      if ((e.flags & NBD_STATE_ZERO) !== 0) ranges.push(at, at + e.length);
+      at += e.length;
+    }
+    this.zeroRanges = ranges;
+    this.extentsStart = offset;
+    this.extentsEnd = Math.min(at, offset + span);
+  }
+
+  private readsAsZeros(track: number, offset: number, length: number): boolean {
+    const end = offset + length;
+    if (offset < this.extentsStart || end > this.extentsEnd || this.touched.has(track))
+      return false;
+    const r = this.zeroRanges;
+    for (let i = 0; i < r.length; i += 2) {
+      if ((r[i] as number) <= offset && end <= (r[i + 1] as number)) return true;
+    }
+    return false;
   }
 
   /** Called when a resync run finished: copied, or abandoned (its track is marked again). */
