@@ -1,0 +1,128 @@
+// Machine facts, and the files written to the results directory.
+import { mkdir, writeFile } from "node:fs/promises";
+import { availableParallelism, cpus, loadavg, release, totalmem, type } from "node:os";
+import { join } from "node:path";
+import { ratioChart } from "./chart.mjs";
+import { fmt, markdownTable, ratioLegend, tableRows } from "./report.mjs";
+import { runSync } from "./proc.mjs";
+
+const TOOL_VERSIONS = [
+  ["fio", ["--version"]],
+  ["nbdkit", ["--version"]],
+  ["qemu-nbd", ["--version"]],
+];
+
+/** What the numbers depend on, recorded next to them. */
+export function machineFacts(repoRoot, tmpDir) {
+  const tools = {};
+  for (const [cmd, args] of TOOL_VERSIONS) tools[cmd] = runSync(cmd, args)?.split("\n")[0] ?? null;
+  const dirty = runSync("git", ["-C", repoRoot, "status", "--porcelain", "--", "src", "nbd"]);
+  const commit = runSync("git", ["-C", repoRoot, "rev-parse", "--short", "HEAD"]);
+  return {
+    nproc: availableParallelism(),
+    cpu: cpus()[0]?.model ?? "unknown",
+    memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    kernel: `${type()} ${release()}`,
+    node: process.version,
+    tools,
+    peercopyCommit:
+      commit === undefined ? null : commit + (dirty ? " (with uncommitted changes)" : ""),
+    imageFilesystem:
+      runSync("findmnt", ["-n", "-o", "FSTYPE", "--target", tmpDir]) ??
+      runSync("stat", ["-f", "-c", "%T", tmpDir]) ??
+      "unknown",
+    loadAverageAtStart: loadavg().map((v) => Math.round(v * 100) / 100),
+  };
+}
+
+/**
+ * Write latest.json, latest.md and latest-ratios.svg.
+ * @returns {Promise<string[]>} the paths written
+ */
+export async function writeResults(outDir, data) {
+  await mkdir(outDir, { recursive: true });
+  const json = join(outDir, "latest.json");
+  const md = join(outDir, "latest.md");
+  const svg = join(outDir, "latest-ratios.svg");
+  await writeFile(json, `${JSON.stringify(data, jsonNumbers, 2)}\n`);
+  await writeFile(md, markdown(data));
+  const subjects = listText([...new Set(data.ratios.map((r) => r.subject))]);
+  const references = listText([...new Set(data.ratios.map((r) => r.reference))]);
+  const runs = data.config.runs === 1 ? "1 run" : `${data.config.runs} runs`;
+  await writeFile(
+    svg,
+    ratioChart({
+      title: `${subjects} relative to ${references} (median of ${runs} each)`,
+      subtitle: `${data.date.slice(0, 10)} · ${data.machine.nproc} CPUs · ${data.machine.kernel} · node ${data.machine.node} · ${data.config.runtime} s per run, ${data.config.sizeText} image`,
+      ratioList: data.ratios,
+      workloads: data.workloads,
+    }),
+  );
+  return [md, json, svg];
+}
+
+/** ["a", "b", "c"] → "a, b and c" */
+function listText(items) {
+  return items.length < 2 ? items.join("") : `${items.slice(0, -1).join(", ")} and ${items.at(-1)}`;
+}
+
+/** NaN and Infinity are not JSON; a missing number is null. */
+function jsonNumbers(_key, value) {
+  return typeof value === "number" && !Number.isFinite(value) ? null : value;
+}
+
+function markdown(data) {
+  const m = data.machine;
+  const c = data.config;
+  const rows = tableRows(data.summary, data.ratios, data.workloads);
+  const servers = data.servers.map(
+    (s) => `- **${s.name}** — ${s.description}:\n  \`${(s.commands ?? []).join("` + `")}\``,
+  );
+  const workloads = data.workloads.map(
+    (w) => `- **${w.label}** (\`${w.name}\`): \`--rw=${w.rw} --bs=${w.bs} --iodepth=${w.iodepth}\``,
+  );
+  return `# NBD server benchmark — latest results
+
+${data.date} · \`npm run bench\` (scripts/bench/nbd-bench.mjs) · median of ${c.runs} runs per cell,
+servers alternated round-robin within each repetition.
+
+${markdownTable(rows)}
+
+${ratioLegend(data.ratios)} IOPS spread: (max − min) ÷ median of the runs, a measure of
+the noise on the machine during the run.
+
+![ratios](latest-ratios.svg)
+
+## Setup
+
+- fio \`--ioengine=nbd\`, one job, one connection, \`--time_based --runtime=${c.runtime} --ramp_time=${c.ramp}\`,
+  \`--size=${c.size}\` (${c.sizeText} working set), \`--randrepeat=1 --norandommap\`; p99 is fio's
+  completion latency (clat) 99th percentile.
+- Each server gets its own ${c.sizeText} image in ${m.imageFilesystem} temp space,
+  ${c.prefill ? "pre-filled with non-zero data and synced before the first run, so that every read returns real data (no server can answer from a hole) and no write allocates blocks" : "left sparse (--no-prefill)"}.
+- Every run starts its server afresh and ends it afterwards; peak RSS is VmHWM of the server's
+  process(es), read just before the stop. The image is fsynced after each stop so that no
+  server's dirty pages are written back during another server's run.
+${workloads.join("\n")}
+
+## Servers
+
+${servers.join("\n")}
+
+## Machine
+
+| fact | value |
+| --- | --- |
+| date | ${data.date} |
+| CPUs (nproc) | ${m.nproc} × ${m.cpu} |
+| memory | ${m.memoryGiB} GiB |
+| kernel | ${m.kernel} |
+| node | ${m.node} |
+| fio | ${m.tools.fio ?? "–"} |
+| nbdkit | ${m.tools.nbdkit ?? "–"} |
+| qemu-nbd | ${m.tools["qemu-nbd"] ?? "–"} |
+| peercopy commit | ${m.peercopyCommit ?? "–"} |
+| load average at start / end | ${m.loadAverageAtStart.join(" ")} / ${(m.loadAverageAtEnd ?? []).join(" ")} |
+| wall time | ${fmt(data.wallSeconds / 60, 1)} min |
+`;
+}
