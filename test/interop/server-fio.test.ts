@@ -65,9 +65,11 @@ describe.skipIf(!ready)(`fio against ${serverKind()}`, () => {
           "--verify=crc32c",
           "--do_verify=1",
           "--fsync=64",
+          "--verify_state_save=0",
           "--output-format=json",
         ],
-        { timeoutMs: 120_000 },
+        // fio drops state files in its working directory: keep them out of the tree.
+        { timeoutMs: 120_000, cwd: dir },
       );
       expect(result.exitCode, describeRun(result)).toBe(0);
       // Verification failures are reported on stderr ("verify: bad magic header …").
@@ -102,7 +104,7 @@ describe.skipIf(!ready)(`fio against ${serverKind()}`, () => {
         "--time_based",
         "--runtime=30",
       ],
-      { timeoutMs: 45_000 },
+      { timeoutMs: 45_000, cwd: dir },
     );
     // Wait for fio's writes to reach the file: its allocated size grows past
     // the pattern. Bounded: 20 s.
