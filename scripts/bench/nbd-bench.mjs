@@ -9,11 +9,11 @@
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
-import { loadavg, tmpdir } from "node:os";
+import { loadavg } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
-import { WORKLOADS, runFio } from "./fio.mjs";
+import { runFio } from "./fio.mjs";
+import { HELP, UsageError, parseOptions } from "./options.mjs";
 import {
   cpuSeconds,
   freePort,
@@ -25,96 +25,12 @@ import {
 } from "./proc.mjs";
 import { fmt, ratioLegend, ratios, summarize, tableRows, textTable } from "./report.mjs";
 import { machineFacts, writeResults } from "./results.mjs";
-import { SERVERS } from "./servers.mjs";
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const START_ATTEMPTS = 3;
 /** Start, stop and fsync around each fio run, for the time estimate. */
 const OVERHEAD_SECONDS = 1.5;
 const DEBIAN_PACKAGE = { fio: "fio", nbdkit: "nbdkit", "qemu-nbd": "qemu-utils" };
-
-const HELP = `usage: npm run bench -- [options]
-
-fio (ioengine=nbd) against several NBD servers, alternated round-robin, median of N runs.
-
-  --runs N            runs per (workload, server) (default 5)
-  --runtime SECONDS   measured seconds per fio run (default 5)
-  --ramp SECONDS      unmeasured warm-up per fio run (default 1)
-  --size SIZE         image size and working set, K/M/G suffix (default 1G)
-  --only LIST         servers, comma-separated (default all: ${SERVERS.map((s) => s.name).join(",")})
-  --workloads LIST    workloads, comma-separated (default all, see --list)
-  --out DIR           where latest.{md,json} and latest-ratios.svg go
-                      (default scripts/bench/results)
-  --tmpdir DIR        where the images are made (default the system temp dir)
-  --no-prefill        leave the images sparse instead of filling them with data
-  --list              print the servers and workloads and exit`;
-
-class UsageError extends Error {}
-
-function parseOptions(argv) {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      runs: { type: "string", default: "5" },
-      runtime: { type: "string", default: "5" },
-      ramp: { type: "string", default: "1" },
-      size: { type: "string", default: "1G" },
-      only: { type: "string" },
-      workloads: { type: "string" },
-      out: { type: "string", default: join(REPO_ROOT, "scripts", "bench", "results") },
-      tmpdir: { type: "string", default: tmpdir() },
-      "no-prefill": { type: "boolean", default: false },
-      list: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  return {
-    help: values.help,
-    list: values.list,
-    runs: positiveInt(values.runs, "--runs"),
-    runtime: positiveInt(values.runtime, "--runtime"),
-    ramp: positiveInt(values.ramp, "--ramp", 0),
-    size: parseSize(values.size),
-    sizeText: values.size,
-    servers: pick(SERVERS, values.only, "--only"),
-    workloads: pick(WORKLOADS, values.workloads, "--workloads"),
-    out: resolve(values.out),
-    tmpdir: resolve(values.tmpdir),
-    prefill: !values["no-prefill"],
-  };
-}
-
-function positiveInt(text, option, min = 1) {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min)
-    throw new UsageError(`${option}: "${text}" must be an integer ≥ ${min}`);
-  return n;
-}
-
-function parseSize(text) {
-  const m = /^(\d+)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  const bytes =
-    m === null ? NaN : Number(m[1]) * 1024 ** " KMGT".indexOf((m[2] || " ").toUpperCase());
-  if (!(bytes >= 16 * 2 ** 20))
-    throw new UsageError(`--size: "${text}" must be a size of at least 16M, e.g. 1G`);
-  return bytes;
-}
-
-function pick(all, list, option) {
-  if (list === undefined) return all;
-  const names = list
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-  for (const name of names)
-    if (!all.some((x) => x.name === name))
-      throw new UsageError(
-        `${option}: unknown "${name}"; choose from ${all.map((x) => x.name).join(", ")}`,
-      );
-  if (names.length === 0) throw new UsageError(`${option}: give at least one name`);
-  return all.filter((x) => names.includes(x.name));
-}
 
 /** Every problem at once, each with what to do about it. */
 function checkTools(servers) {
@@ -170,7 +86,7 @@ async function shutdown(code, message) {
 }
 
 async function main() {
-  const opts = parseOptions(process.argv.slice(2));
+  const opts = parseOptions(process.argv.slice(2), REPO_ROOT);
   if (opts.help) return void console.log(HELP);
   if (opts.list) {
     for (const s of opts.servers) console.log(`server    ${s.name.padEnd(18)} ${s.description}`);
