@@ -1,20 +1,31 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
+// eslint requires its configuration as the module's default export.
+// eslint-disable-next-line no-restricted-syntax
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", "var/", "coverage/"] },
+  { ignores: ["dist/", "node_modules/", "var/", "coverage/", ".scratch/", "native/build/"] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
-      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+      parserOptions: {
+        projectService: { allowDefaultProject: ["vitest.config.ts"] },
+        tsconfigRootDir: import.meta.dirname,
+      },
     },
     rules: {
       "@typescript-eslint/no-explicit-any": "error",
-      "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
+      "@typescript-eslint/no-unused-vars": [
+        "error",
+        { argsIgnorePattern: "^_", varsIgnorePattern: "^_" },
+      ],
       "@typescript-eslint/no-floating-promises": "error",
       "@typescript-eslint/no-misused-promises": ["error", { checksVoidReturn: false }],
-      "@typescript-eslint/restrict-template-expressions": ["error", { allowNumber: true, allowBoolean: true }],
+      "@typescript-eslint/restrict-template-expressions": [
+        "error",
+        { allowNumber: true, allowBoolean: true },
+      ],
       "no-restricted-syntax": [
         "error",
         { selector: "TSEnumDeclaration", message: "Use an `as const` object instead of an enum." },
@@ -25,7 +36,21 @@ export default tseslint.config(
   {
     files: ["**/*.js", "**/*.mjs"],
     ...tseslint.configs.disableTypeChecked,
-    languageOptions: { globals: { process: "readonly", console: "readonly", URL: "readonly", setTimeout: "readonly", clearTimeout: "readonly" } },
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      globals: {
+        process: "readonly",
+        console: "readonly",
+        URL: "readonly",
+        setTimeout: "readonly",
+        clearTimeout: "readonly",
+        setInterval: "readonly",
+        clearInterval: "readonly",
+        Buffer: "readonly",
+        performance: "readonly",
+        fetch: "readonly",
+      },
+    },
   },
   {
     // The wire codec and the sequencer stay free of I/O.
@@ -33,7 +58,16 @@ export default tseslint.config(
     rules: {
       "no-restricted-imports": [
         "error",
-        { patterns: ["node:net", "node:fs", "node:fs/*", "node:tls", "node:child_process", "node:dgram"] },
+        {
+          patterns: [
+            "node:net",
+            "node:fs",
+            "node:fs/*",
+            "node:tls",
+            "node:child_process",
+            "node:dgram",
+          ],
+        },
       ],
     },
   },
