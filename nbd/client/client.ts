@@ -325,25 +325,23 @@ export class NbdClient extends EventEmitter<ClientEvents> implements Export {
   }
 
   /** Send one request per `piece` bytes, all in flight at once. */
-  private async pieces(
+  private pieces(
     command: number,
     flags: number,
     offset: number,
     length: number,
     data: Buffer | undefined,
     piece: number,
-  ): Promise<void> {
-    if (length === 0) return;
+  ): Promise<unknown> {
     if (length <= piece) {
-      await this.send(command, flags, offset, length, data);
-      return;
+      return length === 0 ? Promise.resolve() : this.send(command, flags, offset, length, data);
     }
     const all: Promise<ClientRequest>[] = [];
     for (let done = 0; done < length; done += piece) {
       const n = Math.min(piece, length - done);
       all.push(this.send(command, flags, offset + done, n, data?.subarray(done, done + n)));
     }
-    await Promise.all(all);
+    return Promise.all(all);
   }
 }
 
