@@ -187,6 +187,8 @@ export class Connection implements ServerParserSink, NegotiationHost {
     this.stream.pause();
     await this.drain();
     this.stream.end();
+    // A client that never closes its side must not keep the process alive.
+    setTimeout(() => this.stream.destroy(), 2000).unref();
   }
 
   /** Resolves when no request is in flight. */

@@ -3,4 +3,5 @@
 // sized before anything touches it; the rest loads after.
 process.env.UV_THREADPOOL_SIZE ??= "16";
 const { run } = await import("./run.js");
-process.exitCode = await run(process.argv.slice(2));
+// Exit explicitly: a peer that keeps a socket open must not keep the process running.
+process.exit(await run(process.argv.slice(2)));
