@@ -134,8 +134,9 @@ export class MirrorFilter extends Filter {
   /** Operator or lag: stop mirroring, keep every affected track marked. */
   suspend(reason: SuspendReason): void {
     if (this.state === PairState.SUSPENDED) return;
-    this.abandonAll(this.link.dropQueued());
+    // The state changes first: abandoning settles host writes, which must not re-enter here.
     this.setState(PairState.SUSPENDED, reason);
+    this.abandonAll(this.link.dropQueued());
   }
 
   /** Mirror again: copy the marked tracks, then full duplex. */
@@ -349,8 +350,8 @@ export class MirrorFilter extends Filter {
   // --- failures ---
 
   private linkLost(err: Error, abandoned: LinkEntry[]): void {
-    this.abandonAll(abandoned);
     this.setState(PairState.SUSPENDED, SuspendReason.LINK, err.message);
+    this.abandonAll(abandoned);
   }
 
   /** Everything not yet on the secondary stays marked; its runs finish locally. */
