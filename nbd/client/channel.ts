@@ -34,12 +34,8 @@ export class HandshakeChannel {
   };
 
   private readonly onError = (err: Error): void => {
-    this.failure ??= new NbdDisconnectedError(
-      `connection failed during the handshake: ${err.message}`,
-      {
-        cause: err,
-      },
-    );
+    const message = `connection failed during the handshake: ${err.message}`;
+    this.failure ??= new NbdDisconnectedError(message, { cause: err });
     const waiter = this.waiter;
     this.waiter = undefined;
     waiter?.reject(this.failure);
