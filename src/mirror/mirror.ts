@@ -350,7 +350,13 @@ export class MirrorFilter extends Filter {
   // --- failures ---
 
   private linkLost(err: Error, abandoned: LinkEntry[]): void {
-    this.setState(PairState.SUSPENDED, SuspendReason.LINK, err.message);
+    // An operator's suspension outlasts the link: reconnecting must not resume it.
+    const operator = this.suspendReason === SuspendReason.OPERATOR;
+    this.setState(
+      PairState.SUSPENDED,
+      operator ? SuspendReason.OPERATOR : SuspendReason.LINK,
+      err.message,
+    );
     this.abandonAll(abandoned);
   }
 
