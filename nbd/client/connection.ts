@@ -206,6 +206,8 @@ export class NbdConnection {
   };
 
   private readonly onError = (err: Error): void => {
+    // A reset after NBD_CMD_DISC with nothing pending is just the server hanging up.
+    if (this.discSent && this.table.size === 0) return;
     this.fail(err);
   };
 
