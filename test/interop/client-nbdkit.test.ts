@@ -267,6 +267,17 @@ describe.skipIf(!hasNbdkit)("NbdClient with nbdkit variants", () => {
     });
   });
 
+  it("closes with NBD_CMD_DISC once the requests in flight are answered", async () => {
+    const peer = await startNbdkit({ flags: ["-v"], plugin: ["memory", "1M"] });
+    const client = await NbdClient.connect({ endpoint: peer.endpoint });
+    const writes = [client.write(randomBytes(4096), 0), client.write(randomBytes(4096), 4096)];
+    const closing = client.close();
+    await Promise.all(writes);
+    await closing;
+    expect(await client.closed).toBeUndefined();
+    await expect.poll(() => peer.stderr()).toMatch(/client sent NBD_CMD_DISC/);
+  });
+
   it("connects over a unix socket by nbd+unix URI", async () => {
     const peer = await startNbdkit({ unix: true, plugin: ["memory", "16M"] });
     expect(peer.uri).toMatch(/^nbd\+unix:\/\/\/\?socket=/);
