@@ -262,8 +262,10 @@ export class ReplyParser<T extends ReplyTarget = ReplyTarget> {
           this.startBuffer(length);
           return;
         }
-        // An unknown type that is not an error carries nothing this client
-        // asked for: skip its payload (bounded) and carry on.
+        // The spec lets (indeed asks) a client hard-disconnect on an unknown
+        // non-error type. This one skips it (bounded) so that a harmless server
+        // extension does not cut a replication link; a READ whose data it was
+        // meant to carry still fails the coverage check when the reply ends.
         if (length > MAX_SKIPPED_PAYLOAD) this.fail(`chunk type ${type} of length ${length}`);
         if (length === 0) {
           this.endChunk();
