@@ -81,21 +81,23 @@ export function checkRange(
   size: number,
   minimum: number,
 ): void {
+  const end = offset + length;
+  const valid = Number.isSafeInteger(offset) && offset >= 0 && Number.isSafeInteger(length);
+  if (valid && length >= 0 && end <= size && offset % minimum === 0) {
+    if (end % minimum === 0 || end === size) return;
+  }
   const name = commandName(command);
-  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+  if (!valid || length < 0) {
     throw new NbdRequestError(NBD_EINVAL, `${name}: bad offset ${offset} or length ${length}`);
   }
-  if (offset + length > size) {
+  if (end > size) {
     throw new NbdRequestError(
       NBD_EINVAL,
       `${name} at offset ${offset} length ${length} goes past the end of the export (${size} bytes)`,
     );
   }
-  const end = offset + length;
-  if (offset % minimum !== 0 || (end % minimum !== 0 && end !== size)) {
-    throw new NbdRequestError(
-      NBD_EINVAL,
-      `${name} at offset ${offset} length ${length} is not aligned to the server's minimum block size ${minimum}`,
-    );
-  }
+  throw new NbdRequestError(
+    NBD_EINVAL,
+    `${name} at offset ${offset} length ${length} is not aligned to the server's minimum block size ${minimum}`,
+  );
 }
