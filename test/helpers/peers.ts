@@ -79,6 +79,14 @@ export interface Peer {
 
 const peers = new Set<Peer>();
 
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // it exited meanwhile
+  }
+}
+
 async function canConnect(endpoint: Endpoint): Promise<boolean> {
   try {
     const stream = await connect(endpoint, 500);
@@ -126,9 +134,9 @@ export async function spawnPeer(
     stop: async () => {
       peers.delete(peer);
       if (exited) return;
-      process.kill(pid, "SIGTERM");
+      signal(pid, "SIGTERM");
       const killer = setTimeout(() => {
-        if (!exited) process.kill(pid, "SIGKILL");
+        if (!exited) signal(pid, "SIGKILL");
       }, 5000);
       await exit;
       clearTimeout(killer);
