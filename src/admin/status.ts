@@ -57,7 +57,8 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
       subtasksDispatched: seq.subtasksDispatched,
       subtasksDropped: seq.subtasksDropped,
       tasksFailed: seq.tasksFailed,
-      waitMs: seq.wait,
+      // Waiting time from add to dispatch, measured on a sample of the subtasks.
+      waitMsSampled: seq.wait,
     },
     resync: {
       running: resync.running,

@@ -173,8 +173,10 @@ export class MirrorFilter extends Filter {
     const gate = this.lag.admit();
     if (gate !== undefined) await gate;
     const task = this.planner.plan(request);
-    await this.waitForTracks(task.firstSeq, task.count);
-    if (!this.mirroring) return this.unmirrored(request);
+    if (this.blockerOf(task.firstSeq, task.count) !== undefined) {
+      await this.waitForTracks(task.firstSeq, task.count);
+      if (!this.mirroring) return this.unmirrored(request);
+    }
     return new Promise<void>((resolve, reject) => {
       const run = new TaskRun(task, this.hostAckCounter, resolve, reject, false);
       this.begin(run);
@@ -205,17 +207,17 @@ export class MirrorFilter extends Filter {
   /** A later task on a track waits until the earlier one is fully dispatched, so the
    *  secondary receives a track's writes in the order the local volume took them. */
   async waitForTracks(first: number, count: number): Promise<void> {
-    for (;;) {
-      let blocker: TaskRun | undefined;
-      for (const r of this.undispatched) {
-        if (r.firstTrack < first + count && first < r.endTrack) {
-          blocker = r;
-          break;
-        }
-      }
-      if (blocker === undefined) return;
+    for (let blocker = this.blockerOf(first, count); blocker !== undefined; ) {
       await blocker.whenDispatched();
+      blocker = this.blockerOf(first, count);
     }
+  }
+
+  private blockerOf(first: number, count: number): TaskRun | undefined {
+    for (const r of this.undispatched) {
+      if (r.firstTrack < first + count && first < r.endTrack) return r;
+    }
+    return undefined;
   }
 
   private localOp(sub: Subtask): Promise<void> {
