@@ -12,7 +12,8 @@ export interface MetaContextRequest {
   queries: string[];
 }
 
-const decoder = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the name, not a byte-order mark.
+const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 function utf8(data: Buffer, start: number, end: number): string | null {
   if (end - start > NBD_MAX_STRING) return null;

@@ -54,13 +54,13 @@ export class ReadOnlyFilter extends Filter {
   override get capabilities(): Capabilities {
     return this.caps;
   }
-  override write(): Promise<void> {
+  override write(_data: Buffer, _offset: number, _flags: number): Promise<void> {
     return refuse();
   }
-  override trim(): Promise<void> {
+  override trim(_offset: number, _length: number, _flags: number): Promise<void> {
     return refuse();
   }
-  override zero(): Promise<void> {
+  override zero(_offset: number, _length: number, _flags: number): Promise<void> {
     return refuse();
   }
 }

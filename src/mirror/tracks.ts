@@ -7,7 +7,7 @@
 
 export class TrackState {
   readonly trackCount: number;
-  private readonly pending: Uint16Array;
+  private readonly pending: Uint32Array;
   private readonly stale: Uint32Array;
   private staleCount = 0;
   private pendingTracks = 0;
@@ -17,7 +17,7 @@ export class TrackState {
     readonly trackSize: number,
   ) {
     this.trackCount = Math.ceil(volumeSize / trackSize);
-    this.pending = new Uint16Array(this.trackCount);
+    this.pending = new Uint32Array(this.trackCount);
     this.stale = new Uint32Array(Math.ceil(this.trackCount / 32));
   }
 
