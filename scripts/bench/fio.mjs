@@ -9,6 +9,7 @@ import { indent, spawnTracked } from "./proc.mjs";
  * @property {"randwrite" | "randread" | "write" | "read"} rw
  * @property {string} bs
  * @property {number} iodepth
+ * @property {boolean} [headline]  run by the mirror entries by default
  */
 
 /** @type {Workload[]} */
@@ -19,9 +20,17 @@ export const WORKLOADS = [
     rw: "randwrite",
     bs: "4k",
     iodepth: 32,
+    headline: true,
   },
   { name: "randread-4k-qd32", label: "4k random read QD32", rw: "randread", bs: "4k", iodepth: 32 },
-  { name: "seqwrite-1m-qd8", label: "1 MiB seq write QD8", rw: "write", bs: "1m", iodepth: 8 },
+  {
+    name: "seqwrite-1m-qd8",
+    label: "1 MiB seq write QD8",
+    rw: "write",
+    bs: "1m",
+    iodepth: 8,
+    headline: true,
+  },
   { name: "randwrite-4k-qd1", label: "4k random write QD1", rw: "randwrite", bs: "4k", iodepth: 1 },
 ];
 

@@ -12,25 +12,35 @@ import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
 import { loadavg } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { runFio } from "./fio.mjs";
 import { HELP, UsageError, parseOptions } from "./options.mjs";
+import { killAllSync, runSync, stopAll } from "./proc.mjs";
 import {
-  cpuSeconds,
-  freePort,
-  killAllSync,
-  peakRss,
-  runSync,
-  spawnTracked,
-  stopAll,
-} from "./proc.mjs";
-import { fmt, ratioLegend, ratios, summarize, tableRows, textTable } from "./report.mjs";
+  comparisonRows,
+  comparisons,
+  fmt,
+  loadSummary,
+  mirrorRows,
+  ratioLegend,
+  ratios,
+  summarize,
+  tableRows,
+  textTable,
+} from "./report.mjs";
 import { machineFacts, writeResults } from "./results.mjs";
+import { ServerPool, runOne } from "./runner.mjs";
+import { MIRROR_COMPARISONS } from "./servers.mjs";
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const START_ATTEMPTS = 3;
 /** Start, stop and fsync around each fio run, for the time estimate. */
-const OVERHEAD_SECONDS = 1.5;
-const DEBIAN_PACKAGE = { fio: "fio", nbdkit: "nbdkit", "qemu-nbd": "qemu-utils" };
+const OVERHEAD_SECONDS = 2.4;
+/** A kept server's first start: mostly the initial copy of the image. */
+const KEPT_START_SECONDS = 15;
+const DEBIAN_PACKAGE = {
+  fio: "fio",
+  nbdkit: "nbdkit",
+  "qemu-nbd": "qemu-utils",
+  "qemu-storage-daemon": "qemu-system-common",
+};
 
 /** Every problem at once, each with what to do about it. */
 function checkTools(servers) {
@@ -64,22 +74,15 @@ async function makeImage(path, size, prefill, chunk) {
   }
 }
 
-async function syncFile(path) {
-  const fh = await open(path, "r+");
-  try {
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-}
-
 let tmp;
 let shuttingDown = false;
+let pool;
 
 async function shutdown(code, message) {
   if (shuttingDown) process.exit(code); // a second Ctrl-C: the exit handler kills
   shuttingDown = true;
   if (message !== undefined) console.error(message);
+  if (pool !== undefined) pool.stopping = true;
   await stopAll(2000);
   if (tmp !== undefined) await rm(tmp, { recursive: true, force: true });
   process.exit(code);
@@ -111,9 +114,11 @@ async function main() {
   });
   await mkdir(opts.tmpdir, { recursive: true });
   tmp = await mkdtemp(join(opts.tmpdir, "peercopy-bench-"));
+  pool = new ServerPool(REPO_ROOT);
   try {
     await benchmark(opts, tmp);
   } finally {
+    await pool.closeAll();
     await stopAll(2000);
     await rm(tmp, { recursive: true, force: true });
   }
@@ -123,13 +128,29 @@ async function benchmark(opts, tmp) {
   const started = Date.now();
   const machine = machineFacts(REPO_ROOT, tmp);
 
+  // Workload by workload, each repetition runs every server back to back, starting
+  // each repetition with the next server so no server always goes first: the noise
+  // of a shared machine falls on all servers alike. Workload-major so that a kept
+  // server (a mirror) serves the runs of one workload in a row and is restarted when
+  // the workload changes: its peak RSS is never one left over from another workload.
+  // Mirror servers run only the mirror workloads.
+  const plan = [];
+  const runsOn = (server, workload) =>
+    server.mirror !== true || opts.mirrorWorkloads.includes(workload.name);
+  for (const workload of opts.workloads)
+    for (let rep = 0; rep < opts.runs; rep++)
+      for (let i = 0; i < opts.servers.length; i++) {
+        const server = opts.servers[(i + rep) % opts.servers.length];
+        if (runsOn(server, workload)) plan.push({ rep, workload, server });
+      }
   const images = new Map();
   const chunk = randomBytes(2 ** 20);
-  const count = opts.servers.reduce((n, s) => n + s.images.length, 0);
+  const planned = opts.servers.filter((s) => plan.some((p) => p.server === s));
+  const count = planned.reduce((n, s) => n + s.images.length, 0);
   process.stderr.write(
     `preparing ${count} image(s) of ${opts.sizeText}${opts.prefill ? ", pre-filled" : ""} in ${tmp} … `,
   );
-  for (const server of opts.servers) {
+  for (const server of planned) {
     const dir = join(tmp, server.name);
     await mkdir(dir);
     const paths = {};
@@ -141,14 +162,12 @@ async function benchmark(opts, tmp) {
   }
   process.stderr.write(`${fmt((Date.now() - started) / 1000, 1)} s\n`);
 
-  // Round-robin: each repetition runs every workload on every server back to back,
-  // starting each repetition with the next server so no server always goes first.
-  const plan = [];
-  for (let rep = 0; rep < opts.runs; rep++)
-    for (const workload of opts.workloads)
-      for (let i = 0; i < opts.servers.length; i++)
-        plan.push({ rep, workload, server: opts.servers[(i + rep) % opts.servers.length] });
-  const estimate = (plan.length * (opts.runtime + opts.ramp + OVERHEAD_SECONDS)) / 60;
+  const kept = new Set(
+    plan.filter((p) => p.server.keep === true).map((p) => `${p.server.name} ${p.workload.name}`),
+  );
+  const estimate =
+    (plan.length * (opts.runtime + opts.ramp + OVERHEAD_SECONDS) + kept.size * KEPT_START_SECONDS) /
+    60;
   console.error(
     `${plan.length} fio runs of ${opts.ramp}+${opts.runtime} s, about ${fmt(estimate, 1)} min`,
   );
@@ -156,17 +175,24 @@ async function benchmark(opts, tmp) {
   const runs = [];
   const commands = new Map();
   for (const [i, step] of plan.entries()) {
-    const record = await runOne(step, images.get(step.server.name), opts, commands);
+    const record = await runOne(step, images.get(step.server.name), opts, pool, commands);
     if (shuttingDown) return;
     runs.push(record);
     console.error(progressLine(i, plan.length, step, record, opts.runs));
   }
+  await pool.closeAll();
 
   const summary = summarize(runs, opts.workloads, opts.servers);
   const ratioList = ratios(summary, opts.workloads, opts.servers);
+  const comparisonList = comparisons(summary, opts.workloads, MIRROR_COMPARISONS);
   machine.loadAverageAtEnd = loadavg().map((v) => Math.round(v * 100) / 100);
+  machine.loadAverageDuringRuns = loadSummary(runs);
   const rows = tableRows(summary, ratioList, opts.workloads);
   console.log(`\n${textTable(rows)}\n\n${ratioLegend(ratioList)}`);
+  const mirrors = mirrorRows(summary, opts.workloads);
+  if (mirrors.length > 1) console.log(`\nmirrors:\n${textTable(mirrors)}`);
+  if (comparisonList.length > 0)
+    console.log(`\n${textTable(comparisonRows(comparisonList, opts.workloads))}`);
 
   const data = {
     schema: 1,
@@ -180,18 +206,21 @@ async function benchmark(opts, tmp) {
       size: opts.size,
       sizeText: opts.sizeText,
       prefill: opts.prefill,
-      order: "round-robin per repetition, rotated",
+      mirrorWorkloads: opts.mirrorWorkloads,
+      order: "workload by workload; within each repetition every server in turn, rotated",
     },
     servers: opts.servers.map((s) => ({
       name: s.name,
       group: s.group,
       role: s.role,
+      kept: s.keep === true,
       description: s.description,
       commands: commands.get(s.name) ?? [],
     })),
     workloads: opts.workloads,
     summary,
     ratios: ratioList,
+    comparisons: comparisonList,
     runs,
   };
   const written = await writeResults(opts.out, data);
@@ -203,61 +232,23 @@ async function benchmark(opts, tmp) {
   }
 }
 
-/** One fio run on a freshly started server; errors are recorded, not thrown. */
-async function runOne({ rep, workload, server }, image, opts, commands) {
-  const record = { rep, workload: workload.name, server: server.name };
-  let spawned = [];
-  const env = {
-    images: image.paths,
-    workDir: image.dir,
-    repoRoot: REPO_ROOT,
-    freePort,
-    spawn: (cmd, args, options) => {
-      const proc = spawnTracked(cmd, args, options);
-      spawned.push(proc);
-      return proc;
-    },
-  };
-  let running;
-  try {
-    for (let attempt = 1; running === undefined; attempt++) {
-      try {
-        running = await server.start(env);
-      } catch (err) {
-        // Most often the port was taken between picking it and binding it.
-        await Promise.all(spawned.map((p) => p.stop(2000)));
-        spawned = [];
-        if (attempt >= START_ATTEMPTS || shuttingDown) throw err;
-      }
-    }
-    commands.set(server.name, running.commands);
-    const fio = await runFio(workload, running.uri, opts);
-    const rss = await Promise.all(running.pids.map(peakRss));
-    const cpu = await Promise.all(running.pids.map(cpuSeconds));
-    Object.assign(record, fio, {
-      rssMiB: rss.reduce((a, b) => a + b, 0) / 2 ** 20,
-      rssMiBByPid: rss.map((b) => b / 2 ** 20),
-      cpuSeconds: cpu.reduce((a, b) => a + b, 0),
-    });
-  } catch (err) {
-    record.error = err instanceof Error ? err.message : String(err);
-  } finally {
-    if (running !== undefined) await running.stop().catch(() => undefined);
-    await Promise.all(spawned.map((p) => p.stop(5000)));
-    // Write back this server's dirty pages now, not during the next server's run.
-    const began = Date.now();
-    for (const path of Object.values(image.paths)) await syncFile(path).catch(() => undefined);
-    record.syncMs = Date.now() - began;
-  }
-  return record;
-}
-
 function progressLine(i, total, { rep, workload, server }, record, reps) {
-  const head = `[${String(i + 1).padStart(String(total).length)}/${total}] rep ${rep + 1}/${reps}  ${workload.label.padEnd(22)} ${server.name.padEnd(10)}`;
+  const head = `[${String(i + 1).padStart(String(total).length)}/${total}] rep ${rep + 1}/${reps}  ${workload.label.padEnd(22)} ${server.name.padEnd(21)}`;
   if (record.error !== undefined) return `${head} FAILED: ${record.error}`;
+  const rss = Object.entries(record.rssMiBByProcess ?? {})
+    .map(([label, mib]) => `${label} ${fmt(mib, 0)}`)
+    .join(" / ");
+  const copy =
+    record.initialCopySeconds === undefined
+      ? ""
+      : `  initial copy ${fmt(record.initialCopySeconds, 1)} s`;
+  const lag =
+    record.mirror === undefined
+      ? ""
+      : `  lag at end ${fmt(record.mirror.lagBytes / 2 ** 20, 1)} MiB, drained in ${fmt(record.mirror.drainSeconds, 1)} s`;
   return (
     `${head} ${fmt(record.iops, 0).padStart(8)} IOPS ${fmt(record.mibps, 1).padStart(7)} MiB/s` +
-    `  p99 ${fmt(record.p99Us, 0).padStart(6)} µs  RSS ${fmt(record.rssMiB, 1)} MiB`
+    `  p99 ${fmt(record.p99Us, 0).padStart(6)} µs  RSS ${rss} MiB  load ${record.loadAverage1m}${copy}${lag}`
   );
 }
 

@@ -5,6 +5,10 @@ import { parseArgs } from "node:util";
 import { WORKLOADS } from "./fio.mjs";
 import { SERVERS } from "./servers.mjs";
 
+const HEADLINE = WORKLOADS.filter((w) => w.headline === true)
+  .map((w) => w.name)
+  .join(",");
+
 export const HELP = `usage: npm run bench -- [options]
 
 fio (ioengine=nbd) against several NBD servers, alternated round-robin, median of N runs.
@@ -15,6 +19,9 @@ fio (ioengine=nbd) against several NBD servers, alternated round-robin, median o
   --size SIZE         image size and working set, K/M/G suffix (default 1G)
   --only LIST         servers, comma-separated (default all: ${SERVERS.map((s) => s.name).join(",")})
   --workloads LIST    workloads, comma-separated (default all, see --list)
+  --mirror-workloads LIST
+                      the workloads the mirror servers run, or "all" (default
+                      ${HEADLINE}: a mirror run costs more time)
   --out DIR           where latest.{md,json} and latest-ratios.svg go
                       (default scripts/bench/results)
   --tmpdir DIR        where the images are made (default the system temp dir)
@@ -36,6 +43,7 @@ export function parseOptions(argv, repoRoot) {
       size: { type: "string", default: "1G" },
       only: { type: "string" },
       workloads: { type: "string" },
+      "mirror-workloads": { type: "string", default: HEADLINE },
       out: { type: "string", default: join(repoRoot, "scripts", "bench", "results") },
       tmpdir: { type: "string", default: tmpdir() },
       "no-prefill": { type: "boolean", default: false },
@@ -53,6 +61,10 @@ export function parseOptions(argv, repoRoot) {
     sizeText: values.size,
     servers: pick(SERVERS, values.only, "--only"),
     workloads: pick(WORKLOADS, values.workloads, "--workloads"),
+    mirrorWorkloads:
+      values["mirror-workloads"] === "all"
+        ? WORKLOADS.map((w) => w.name)
+        : pick(WORKLOADS, values["mirror-workloads"], "--mirror-workloads").map((w) => w.name),
     out: resolve(values.out),
     tmpdir: resolve(values.tmpdir),
     prefill: !values["no-prefill"],

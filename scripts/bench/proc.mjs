@@ -2,7 +2,7 @@
 // that a failure, an exception or Ctrl-C can end all of them, and the /proc
 // readings (peak RSS, CPU time) the results report.
 import { spawn, spawnSync } from "node:child_process";
-import { readFile, stat } from "node:fs/promises";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 
 /** @type {Set<TrackedProcess>} */
@@ -177,6 +177,15 @@ export async function peakRss(pid) {
   const m = /^VmHWM:\s+(\d+)\s+kB$/m.exec(status);
   if (m === null) throw new Error(`no VmHWM in /proc/${pid}/status`);
   return Number(m[1]) * 1024;
+}
+
+/**
+ * Reset a live process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0), so that a
+ * later peakRss() reports the peak since now.
+ * @param {number} pid
+ */
+export async function resetPeakRss(pid) {
+  await writeFile(`/proc/${pid}/clear_refs`, "5");
 }
 
 let clockTicks;

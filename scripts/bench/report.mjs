@@ -25,6 +25,7 @@ export function summarize(runs, workloads, servers) {
   for (const workload of workloads) {
     for (const server of servers) {
       const mine = runs.filter((r) => r.workload === workload.name && r.server === server.name);
+      if (mine.length === 0) continue; // not in the plan (a mirror outside --mirror-workloads)
       const ok = mine.filter((r) => r.error === undefined);
       const row = {
         workload: workload.name,
@@ -34,12 +35,57 @@ export function summarize(runs, workloads, servers) {
       };
       for (const metric of METRICS) row[metric.key] = median(ok.map((r) => r[metric.key]));
       row.cpuSeconds = median(ok.map((r) => r.cpuSeconds));
+      const labels = [...new Set(ok.flatMap((r) => Object.keys(r.rssMiBByProcess ?? {})))];
+      row.rssMiBByProcess = Object.fromEntries(
+        labels.map((label) => [label, median(ok.map((r) => r.rssMiBByProcess?.[label]))]),
+      );
+      row.loadAverage1m = median(mine.map((r) => r.loadAverage1m));
+      const mirrored = ok.filter((r) => r.mirror !== undefined);
+      if (mirrored.length > 0) {
+        row.mirror = {
+          lagBytes: median(mirrored.map((r) => r.mirror.lagBytes)),
+          lagBytesMax: Math.max(...mirrored.map((r) => r.mirror.lagBytes)),
+          lagMs: median(mirrored.map((r) => r.mirror.lagMs ?? NaN)),
+          drainSeconds: median(mirrored.map((r) => r.mirror.drainSeconds)),
+          underBound: mirrored.filter((r) => r.mirror.underBound).length,
+          of: mirrored.length,
+          bound: mirrored[0]?.mirror.bound ?? "none",
+          states: [...new Set(mirrored.map((r) => r.mirror.state))],
+        };
+      }
+      const copies = mine
+        .filter((r) => r.initialCopySeconds !== undefined)
+        .map((r) => r.initialCopySeconds);
+      if (copies.length > 0) row.initialCopySeconds = copies;
       const iops = ok.map((r) => r.iops);
       row.iopsSpread = ok.length > 1 ? (Math.max(...iops) - Math.min(...iops)) / row.iops : 0;
       rows.push(row);
     }
   }
   return rows;
+}
+
+/** subject ÷ reference for every metric, per workload, for each listed pair in the run. */
+export function comparisons(summary, workloads, pairs) {
+  const out = [];
+  const find = (w, s) => summary.find((row) => row.workload === w && row.server === s);
+  for (const workload of workloads)
+    for (const { subject, reference } of pairs) {
+      const a = find(workload.name, subject);
+      const b = find(workload.name, reference);
+      if (a === undefined || b === undefined) continue;
+      const entry = { workload: workload.name, subject, reference };
+      for (const metric of METRICS) entry[metric.key] = a[metric.key] / b[metric.key];
+      out.push(entry);
+    }
+  return out;
+}
+
+/** The 1-minute load average sampled at the start of each run: min, median, max. */
+export function loadSummary(runs) {
+  const values = runs.map((r) => r.loadAverage1m).filter(Number.isFinite);
+  if (values.length === 0) return null;
+  return { min: Math.min(...values), median: median(values), max: Math.max(...values) };
 }
 
 /** subject ÷ reference for every metric, within each group, per workload. */
@@ -76,7 +122,7 @@ export function tableRows(summary, ratioList, workloads) {
     const cells = [
       workload?.label ?? row.workload,
       row.ok < row.runs ? `${row.server} (${row.ok}/${row.runs} ok)` : row.server,
-      ...METRICS.map((m) => (failed ? "failed" : fmt(row[m.key], m.digits))),
+      ...METRICS.map((m) => (failed ? "failed" : metricCell(row, m))),
       failed ? "" : `${fmt(row.iopsSpread * 100, 0)}%`,
     ];
     if (withRatios)
@@ -84,6 +130,74 @@ export function tableRows(summary, ratioList, workloads) {
     rows.push(cells);
   }
   return rows;
+}
+
+/** Peak RSS of a multi-process server is shown per process: "primary 70 / secondary 65". */
+function metricCell(row, metric) {
+  const parts = Object.entries(row.rssMiBByProcess ?? {});
+  if (metric.key !== "rssMiB" || parts.length < 2) return fmt(row[metric.key], metric.digits);
+  return parts.map(([label, mib]) => `${label} ${fmt(mib, 0)}`).join(" / ");
+}
+
+/** The mirrors' own figures: initial copy, lag at the end of the runs, drain time. */
+export function mirrorRows(summary, workloads) {
+  const rows = [
+    [
+      "workload",
+      "server",
+      "initial copy s",
+      "lag at end (median, max)",
+      "lag bound",
+      "drain s",
+      "state",
+    ],
+  ];
+  for (const row of summary) {
+    const m = row.mirror;
+    if (m === undefined) continue;
+    const workload = workloads.find((w) => w.name === row.workload);
+    const lag =
+      m.lagBytesMax === 0
+        ? "0 (in sync)"
+        : `${fmtBytes(m.lagBytes)}${Number.isFinite(m.lagMs) ? `, ${fmt(m.lagMs, 0)} ms` : ""}; max ${fmtBytes(m.lagBytesMax)}`;
+    const bound =
+      m.bound === "sync"
+        ? `– (sync); ${m.underBound}/${m.of} ended in sync`
+        : m.bound === "none"
+          ? `none (unbounded); ${m.underBound}/${m.of} ended unsuspended`
+          : `${m.bound}; ${m.underBound}/${m.of} ended under it`;
+    rows.push([
+      workload?.label ?? row.workload,
+      row.server,
+      (row.initialCopySeconds ?? []).map((s) => fmt(s, 1)).join(", "),
+      lag,
+      bound,
+      fmt(m.drainSeconds, 1),
+      m.states.join(", "),
+    ]);
+  }
+  return rows;
+}
+
+/** The comparison table: one row per (workload, subject ÷ reference). */
+export function comparisonRows(comparisonList, workloads) {
+  const rows = [["workload", "subject ÷ reference", ...RATIO_HEADER]];
+  for (const c of comparisonList) {
+    const workload = workloads.find((w) => w.name === c.workload);
+    rows.push([
+      workload?.label ?? c.workload,
+      `${c.subject} ÷ ${c.reference}`,
+      ...METRICS.map((m) => fmtRatio(c[m.key])),
+    ]);
+  }
+  return rows;
+}
+
+/** @param {number} bytes */
+export function fmtBytes(bytes) {
+  if (!Number.isFinite(bytes)) return "–";
+  if (bytes < 2 ** 20) return `${fmt(bytes / 1024, 0)} KiB`;
+  return `${fmt(bytes / 2 ** 20, 1)} MiB`;
 }
 
 export function ratioLegend(ratioList) {

@@ -3,13 +3,21 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { availableParallelism, cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { ratioChart } from "./chart.mjs";
-import { fmt, markdownTable, ratioLegend, tableRows } from "./report.mjs";
+import {
+  comparisonRows,
+  fmt,
+  markdownTable,
+  mirrorRows,
+  ratioLegend,
+  tableRows,
+} from "./report.mjs";
 import { runSync } from "./proc.mjs";
 
 const TOOL_VERSIONS = [
   ["fio", ["--version"]],
   ["nbdkit", ["--version"]],
   ["qemu-nbd", ["--version"]],
+  ["qemu-storage-daemon", ["--version"]],
 ];
 
 /** What the numbers depend on, recorded next to them. */
@@ -46,15 +54,16 @@ export async function writeResults(outDir, data) {
   const svg = join(outDir, "latest-ratios.svg");
   await writeFile(json, `${JSON.stringify(data, jsonNumbers, 2)}\n`);
   await writeFile(md, markdown(data));
-  const subjects = listText([...new Set(data.ratios.map((r) => r.subject))]);
-  const references = listText([...new Set(data.ratios.map((r) => r.reference))]);
+  const all = [...data.ratios, ...data.comparisons];
+  const subjects = listText([...new Set(all.map((r) => r.subject))]);
+  const references = listText([...new Set(all.map((r) => r.reference))]);
   const runs = data.config.runs === 1 ? "1 run" : `${data.config.runs} runs`;
   await writeFile(
     svg,
     ratioChart({
       title: `${subjects} relative to ${references} (median of ${runs} each)`,
       subtitle: `${data.date.slice(0, 10)} · ${data.machine.nproc} CPUs · ${data.machine.kernel} · node ${data.machine.node} · ${data.config.runtime} s per run, ${data.config.sizeText} image`,
-      ratioList: data.ratios,
+      ratioList: all,
       workloads: data.workloads,
     }),
   );
@@ -75,6 +84,28 @@ function markdown(data) {
   const m = data.machine;
   const c = data.config;
   const rows = tableRows(data.summary, data.ratios, data.workloads);
+  const mirrors = mirrorRows(data.summary, data.workloads);
+  const load = m.loadAverageDuringRuns;
+  const loadText =
+    load === null || load === undefined
+      ? "–"
+      : `${fmt(load.min, 1)} / ${fmt(load.median, 1)} / ${fmt(load.max, 1)}`;
+  const mirrorSection =
+    mirrors.length < 2
+      ? ""
+      : `
+## Mirrors
+
+${mirrorText(data)}
+
+${markdownTable(mirrors)}
+
+${data.comparisons.length === 0 ? "" : markdownTable(comparisonRows(data.comparisons, data.workloads))}
+
+Ratios: subject ÷ reference, median ÷ median. IOPS and MiB/s: above 1 is better for the
+subject; p99 and RSS: below 1 is better. The RSS ratio compares the sums over each
+side's processes (primary + secondary; qemu-storage-daemon + nbdkit; peercopy serve alone).
+`;
   const servers = data.servers.map(
     (s) => `- **${s.name}** — ${s.description}:\n  \`${(s.commands ?? []).join("` + `")}\``,
   );
@@ -91,6 +122,9 @@ ${markdownTable(rows)}
 ${ratioLegend(data.ratios)} IOPS spread: (max − min) ÷ median of the runs, a measure of
 the noise on the machine during the run.
 
+The machine was shared and busy: the 1-minute load average at the start of the runs was
+${loadText} (min / median / max) on ${m.nproc} CPUs.
+${mirrorSection}
 ![ratios](latest-ratios.svg)
 
 ## Setup
@@ -121,8 +155,26 @@ ${servers.join("\n")}
 | fio | ${m.tools.fio ?? "–"} |
 | nbdkit | ${m.tools.nbdkit ?? "–"} |
 | qemu-nbd | ${m.tools["qemu-nbd"] ?? "–"} |
+| qemu-storage-daemon | ${m.tools["qemu-storage-daemon"] ?? "–"} |
 | peercopy commit | ${m.peercopyCommit ?? "–"} |
 | load average at start / end | ${m.loadAverageAtStart.join(" ")} / ${(m.loadAverageAtEnd ?? []).join(" ")} |
+| 1-min load average at run starts (min / median / max) | ${loadText} |
 | wall time | ${fmt(data.wallSeconds / 60, 1)} min |
 `;
+}
+
+function mirrorText(data) {
+  const c = data.config;
+  const workloads = c.mirrorWorkloads ?? [];
+  return `The mirrored configurations ran ${workloads.map((w) => `\`${w}\``).join(" and ")} only
+(\`--mirror-workloads\`). Each is started once, at its first run, and kept for the later ones:
+its initial copy of the pre-filled ${c.sizeText} image takes far longer than a fio run. Before
+every run the copy must be complete and in sync (peercopy: \`GET /status\` says
+\`"pairState": "full-duplex"\` with no lag; qemu-storage-daemon: the mirror job is ready with
+offset = len), the images are fsynced, and the processes' peak RSS is reset
+(\`/proc/PID/clear_refs\`), so the peak RSS is the run's own. Right after fio the lag is read
+(peercopy: \`lag.bytes\` and \`lag.ms\` of \`/status\`; qemu-storage-daemon: \`len − offset\`
+of \`query-block-jobs\`, the bytes still to copy), then the run waits until the copy has
+caught up ("drain") before the next server's run. The async configurations have no lag bound
+(no \`--max-lag\`), so "ended unsuspended" is all their bound can say.`;
 }

@@ -4,13 +4,17 @@
 //
 // A "server" may be several processes (a mirror is a primary plus a secondary, or
 // qemu-storage-daemon plus its target): start whatever is needed, list every pid
-// in `pids` (their peak RSS is summed), and make `stop()` end all of them.
+// in `pids` (with a label each in `labels`; their peak RSS is reported per process
+// and summed), and make `stop()` end all of them. The mirrored configurations are in
+// mirror-servers.mjs.
 //
 // Entries are compared within a `group`: the entry with role "subject" is divided
 // by each entry with role "reference" in the same group (peercopy ÷ nbdkit, …).
+// Mirrors have role "mirror" and are compared as MIRROR_COMPARISONS lists.
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
+import { MIRROR_COMPARISONS, MIRROR_SERVERS } from "./mirror-servers.mjs";
 
 /**
  * @typedef {object} ServerEnv
@@ -24,16 +28,25 @@ import { join } from "node:path";
  * @typedef {object} RunningServer
  * @property {string} uri  what fio's --uri gets
  * @property {number[]} pids  every process whose peak RSS counts
+ * @property {string[]} [labels]  one per pid ("primary", "secondary", …)
  * @property {string[]} commands  the command lines, recorded with the results
  * @property {() => Promise<void>} stop
+ * @property {Record<string, number>} [startInfo]  recorded with the run that started it
+ *   (initialCopySeconds)
+ * @property {() => boolean} [alive]  false once a kept server can no longer be used
+ * @property {() => Promise<void>} [beforeRun]  wait until ready for a run (pair in sync)
+ * @property {() => Promise<import("./mirror-servers.mjs").MirrorReading>} [afterRun]
+ *   read the copy's lag right after fio, then wait until it has caught up
  *
  * @typedef {object} ServerDef
  * @property {string} name
  * @property {string} group
- * @property {"subject" | "reference"} role
+ * @property {"subject" | "reference" | "mirror"} role
  * @property {string} description  one line for the results page
  * @property {string[]} images  the images to prepare (same size and fill for all)
  * @property {string[]} tools  external programs that must be on PATH
+ * @property {boolean} [keep]  start once, keep for every later run (see runner.mjs)
+ * @property {boolean} [mirror]  runs the --mirror-workloads only
  * @property {(env: { repoRoot: string }) => string | undefined} [check]
  *   an error message if the server cannot run here
  * @property {(env: ServerEnv) => Promise<RunningServer>} start
@@ -47,7 +60,7 @@ export function peercopyMain(repoRoot) {
 }
 
 /** @type {ServerDef[]} */
-export const SERVERS = [
+const PLAIN_SERVERS = [
   {
     name: "peercopy",
     group: "serve",
@@ -131,6 +144,11 @@ export const SERVERS = [
     },
   },
 ];
+
+/** @type {ServerDef[]} */
+export const SERVERS = [...PLAIN_SERVERS, ...MIRROR_SERVERS];
+
+export { MIRROR_COMPARISONS };
 
 /** @param {string} line a pino JSON log line */
 function parseUri(line) {
