@@ -3,11 +3,12 @@ import { UsageError } from "./args.js";
 import { VolumeOpenError } from "../backend/file.js";
 
 /** Run an argument parser, turning its complaints into usage errors. */
-export function asUsage<T>(parse: () => T): T {
+export function asUsage<T>(parse: () => T, option?: string): T {
   try {
     return parse();
   } catch (err) {
-    throw new UsageError((err as Error).message.split("\n")[0] ?? "bad arguments", { cause: err });
+    const message = (err as Error).message.split("\n")[0] ?? "bad arguments";
+    throw new UsageError(option === undefined ? message : `${option}: ${message}`, { cause: err });
   }
 }
 

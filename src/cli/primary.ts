@@ -56,13 +56,13 @@ export async function primaryCommand(args: string[]): Promise<number> {
   if (values.remote === undefined)
     throw new UsageError("--remote NBD-URI is required, e.g. nbd://127.0.0.1:10810/replication");
   const remote = values.remote;
-  asUsage(() => parseNbdUri(remote));
+  asUsage(() => parseNbdUri(remote), "--remote");
   const mode = oneOf(values.mode ?? "sync", Object.values(MirrorMode), "--mode");
   const trackSize =
     values["track-size"] === undefined
       ? undefined
       : parseSize(values["track-size"], "--track-size");
-  if (trackSize !== undefined) asUsage(() => validateTrackSize(trackSize));
+  if (trackSize !== undefined) asUsage(() => validateTrackSize(trackSize), "--track-size");
   let maxLagBytes: number | undefined;
   let maxLagMs: number | undefined;
   for (const part of (values["max-lag"] ?? "").split(",").filter((p) => p !== "")) {

@@ -170,12 +170,16 @@ export class MirrorFilter extends Filter {
 
   private async submit(request: TaskRequest): Promise<void> {
     if (!this.mirroring) return this.unmirrored(request);
-    const gate = this.lag.admit();
+    const length = request.kind === "write" ? request.data.length : request.length;
+    const gate = this.lag.admit(length);
     if (gate !== undefined) await gate;
     const task = this.planner.plan(request);
     if (this.blockerOf(task.firstSeq, task.count) !== undefined) {
       await this.waitForTracks(task.firstSeq, task.count);
-      if (!this.mirroring) return this.unmirrored(request);
+    }
+    if (!this.mirroring) {
+      this.lag.release(length);
+      return this.unmirrored(request);
     }
     return new Promise<void>((resolve, reject) => {
       const run = new TaskRun(task, this.hostAckCounter, resolve, reject, false);
@@ -207,7 +211,7 @@ export class MirrorFilter extends Filter {
   /** A later task on a track waits until the earlier one is fully dispatched, so the
    *  secondary receives a track's writes in the order the local volume took them. */
   async waitForTracks(first: number, count: number): Promise<void> {
-    for (let blocker = this.blockerOf(first, count); blocker !== undefined; ) {
+    for (let blocker = this.blockerOf(first, count); blocker !== undefined;) {
       await blocker.whenDispatched();
       blocker = this.blockerOf(first, count);
     }
@@ -320,10 +324,17 @@ export class MirrorFilter extends Filter {
     if (run.hostSettled) return;
     run.hostSettled = true;
     if (run.resync) return this.resync.settled(run, err);
-    if (err !== undefined) return run.reject(err);
+    if (err !== undefined) {
+      this.lag.release(run.task.length);
+      return run.reject(err);
+    }
     run.ackNo = ++this.hostAckCounter;
-    if (run.remoteLeft === 0 || run.abandoned) this.markDone(run.ackNo);
-    else this.lag.add(run);
+    if (run.remoteLeft === 0 || run.abandoned) {
+      this.lag.release(run.task.length);
+      this.markDone(run.ackNo);
+    } else {
+      this.lag.add(run);
+    }
     run.resolve();
   }
 

@@ -38,16 +38,17 @@ async function startRemote(kind: RemoteKind, dir: string): Promise<Remote> {
   const peer =
     kind === "nbdkit"
       ? await startNbdkit({ flags: ["--exit-with-parent"], plugin: ["file", image] })
-      : await startQemuNbd({ image, flags: ["--cache=writeback"] });
+      : // qemu-nbd ignores NBD_CMD_TRIM unless told otherwise (--discard=ignore, as the
+        // spec allows); the link forwards a trim as a trim, so let it honour them.
+        await startQemuNbd({ image, flags: ["--cache=writeback", "--discard=unmap"] });
   return { uri: peer.uri, image, stop: () => peer.stop() };
 }
 
 /**
  * Data, zeroes (with and without holes, aligned and not), discards and
  * overwrites: every kind of write command the link carries. A discarded range
- * reads as zeros on the primary afterwards, so the secondary must read zeros
- * there too, even one that may ignore NBD_CMD_TRIM (qemu-nbd does by default,
- * --discard=ignore; the spec allows it).
+ * reads as zeros on the primary afterwards; the link forwards it as
+ * NBD_CMD_TRIM, so a secondary that honours trims reads zeros there too.
  */
 const QEMU_IO_COMMANDS = [
   "write -P 0x5a 100M 4M",
