@@ -4,7 +4,7 @@
   "targets": [
     {
       "target_name": "fileops",
-      "sources": ["fileops.c"],
+      "sources": ["fileops.c", "nowait.c"],
       "defines": ["NAPI_VERSION=8"],
       "cflags_c": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }

@@ -28,6 +28,8 @@
 #include <node_api.h>
 #include <uv.h>
 
+#include "nowait.h"
+
 // Largest integer a JS number holds exactly: anything above would already have
 // lost precision before reaching us.
 #define MAX_SAFE_INTEGER 9007199254740991LL
@@ -362,6 +364,7 @@ static napi_value init(napi_env env, napi_value exports) {
     napi_create_function(env, OPS[i].name, NAPI_AUTO_LENGTH, dispatch, (void *)&OPS[i], &fn);
     napi_set_named_property(env, exports, OPS[i].name, fn);
   }
+  register_nowait(env, exports);
   return exports;
 }
 

@@ -39,6 +39,11 @@ export interface NativeFileOps {
   blkDiscard(fd: number, offset: number, length: number): Promise<void>;
   /** ioctl(BLKZEROOUT); offset and length must be multiples of the logical block size. */
   blkZeroOut(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * preadv2(RWF_NOWAIT) on the calling thread: the bytes read from the page cache
+   * (possibly fewer than asked), or -1 when reading would block.
+   */
+  preadNowait(fd: number, into: Buffer, offset: number): number;
 }
 
 export type NativeFileOpsStatus =
@@ -60,6 +65,7 @@ const OPERATION_NAMES = [
   "blockDeviceSize",
   "blkDiscard",
   "blkZeroOut",
+  "preadNowait",
 ] as const satisfies readonly (keyof NativeFileOps)[];
 
 // Relative to this module both as source (src/backend/) and compiled (dist/src/backend/).
