@@ -34,6 +34,11 @@ export interface Export {
   /** Fill `into` entirely with the bytes at `offset`. */
   read(into: Buffer, offset: number): Promise<void>;
   write(data: Buffer, offset: number, flags: number): Promise<void>;
+  /**
+   * Optional: write `parts` one after another from `offset`, as one request. A
+   * server hands a payload that arrived in pieces here without joining it.
+   */
+  writev?(parts: readonly Buffer[], offset: number, flags: number): Promise<void>;
   /** Make every write that already completed durable. */
   flush(): Promise<void>;
   trim(offset: number, length: number, flags: number): Promise<void>;

@@ -23,6 +23,8 @@ export interface NbdRequest {
   offset: number;
   length: number;
   payload: Buffer | null;
+  /** With gathering on, a WRITE payload that spanned chunks: views of them, in order. */
+  parts: Buffer[] | null;
 }
 
 export interface ServerParserSink {
@@ -58,6 +60,11 @@ export class ServerParser {
   private remaining = 0;
   private filled = 0;
   private pending: NbdRequest | null = null;
+  /**
+   * Hand a WRITE payload that spans chunks over as views of the chunks (`parts`)
+   * instead of copying it into one buffer; for volumes that can write a vector.
+   */
+  gatherPayloads = false;
 
   constructor(
     private readonly sink: ServerParserSink,
@@ -140,6 +147,8 @@ export class ServerParser {
               request.payload = chunk.subarray(pos, pos + this.remaining);
               pos += this.remaining;
               this.finishPayload();
+            } else if (this.gatherPayloads) {
+              request.parts = [];
             } else {
               request.payload = Buffer.allocUnsafe(this.remaining);
             }
@@ -147,9 +156,9 @@ export class ServerParser {
           break;
         case Phase.Payload: {
           const request = this.pending as NbdRequest;
-          const payload = request.payload as Buffer;
           const n = Math.min(this.remaining, end - pos);
-          chunk.copy(payload, this.filled, pos, pos + n);
+          if (request.parts !== null) request.parts.push(chunk.subarray(pos, pos + n));
+          else chunk.copy(request.payload as Buffer, this.filled, pos, pos + n);
           pos += n;
           this.filled += n;
           this.remaining -= n;
@@ -211,6 +220,7 @@ export class ServerParser {
       offset,
       length,
       payload: null,
+      parts: null,
     };
     if (type !== NBD_CMD_WRITE || length === 0) {
       this.sink.onRequest(request);

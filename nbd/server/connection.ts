@@ -131,7 +131,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
       return;
     }
     this.inFlight++;
-    if (req.payload !== null) this.inFlightBytes += req.payload.length;
+    if (req.type === NBD_CMD_WRITE) this.inFlightBytes += req.length;
     this.updateFlow();
     this.execute(req).then(
       () => this.done(req),
@@ -156,6 +156,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
     this.volume = exp.volume;
     this.exportName = exp.name;
     this.blockStatusOk = this.negotiation.metaContextExport === exp.name;
+    this.parser.gatherPayloads = exp.volume.writev !== undefined;
     this.parser.enterTransmission();
     this.owner.logger.debug({ peer: this.peer, export: exp.name }, "transmission");
   }
@@ -245,7 +246,9 @@ export class Connection implements ServerParserSink, NegotiationHost {
         return;
       }
       case NBD_CMD_WRITE:
-        await volume.write(req.payload as Buffer, req.offset, req.flags);
+        if (req.parts === null) await volume.write(req.payload as Buffer, req.offset, req.flags);
+        else if (volume.writev !== undefined) await volume.writev(req.parts, req.offset, req.flags);
+        else await volume.write(Buffer.concat(req.parts, req.length), req.offset, req.flags);
         break;
       case NBD_CMD_FLUSH:
         await volume.flush();
@@ -296,7 +299,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
 
   private done(req: NbdRequest): void {
     this.inFlight--;
-    if (req.payload !== null) this.inFlightBytes -= req.payload.length;
+    if (req.type === NBD_CMD_WRITE) this.inFlightBytes -= req.length;
     this.updateFlow();
     if (this.inFlight === 0 && this.drainWaiters.length > 0) {
       const waiters = this.drainWaiters;

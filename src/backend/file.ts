@@ -165,6 +165,24 @@ export class FileBackend implements Backend {
     return this.writeFromPool(data, offset, flags);
   }
 
+  /** One pwritev for a payload that arrived in pieces: the kernel gathers them. */
+  async writev(parts: readonly Buffer[], offset: number, flags: number): Promise<void> {
+    const fd = (flags & NBD_CMD_FLAG_FUA) !== 0 ? this.syncFd : this.fd;
+    let at = offset;
+    let rest = parts;
+    while (rest.length > 0) {
+      let n = await pwritev(fd, rest, at);
+      at += n;
+      // A short write (rare on files) leaves the tail of the vector to go again.
+      let i = 0;
+      while (i < rest.length && n >= (rest[i] as Buffer).length) n -= (rest[i++] as Buffer).length;
+      rest =
+        i < rest.length && n > 0
+          ? [(rest[i] as Buffer).subarray(n), ...rest.slice(i + 1)]
+          : rest.slice(i);
+    }
+  }
+
   private async writeFromPool(data: Buffer, offset: number, flags: number): Promise<void> {
     const fd = (flags & NBD_CMD_FLAG_FUA) !== 0 ? this.syncFd : this.fd;
     let done = 0;
@@ -314,6 +332,12 @@ function pwrite(
 ): Promise<number> {
   return new Promise((resolve, reject) =>
     fs.write(fd, buf, at, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  );
+}
+
+function pwritev(fd: number, parts: readonly Buffer[], position: number): Promise<number> {
+  return new Promise((resolve, reject) =>
+    fs.writev(fd, parts as Buffer[], position, (err, n) => (err ? reject(err) : resolve(n))),
   );
 }
 

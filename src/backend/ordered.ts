@@ -3,6 +3,7 @@
 // concurrently; a replication stream needs the order it was sent in, because
 // the primary keeps many dependent writes in flight on the strength of it.
 import { Filter } from "./filter.js";
+import type { Backend } from "./types.js";
 
 interface Op {
   readonly start: number;
@@ -15,6 +16,20 @@ export class OrderedFilter extends Filter {
 
   override write(data: Buffer, offset: number, flags: number): Promise<void> {
     return this.ordered(offset, data.length, () => this.next.write(data, offset, flags));
+  }
+
+  /** Kept only when the layer below can write vectors too; else the server joins the parts. */
+  declare writev?: (parts: readonly Buffer[], offset: number, flags: number) => Promise<void>;
+
+  constructor(next: Backend) {
+    super(next);
+    const below = next.writev?.bind(next);
+    if (below !== undefined) {
+      this.writev = (parts, offset, flags) => {
+        const length = parts.reduce((sum, p) => sum + p.length, 0);
+        return this.ordered(offset, length, () => below(parts, offset, flags));
+      };
+    }
   }
 
   override zero(offset: number, length: number, flags: number): Promise<void> {
