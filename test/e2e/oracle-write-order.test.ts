@@ -25,12 +25,13 @@
 // its region, the distance and the cut point, though not the timing of the
 // processes. PEERCOPY_ORACLE_TRIALS sets the number of trials per combination
 // (default 3).
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { execa, type ResultPromise } from "execa";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectUri } from "../../nbd/client/index.js";
 import { connect, listen, type Endpoint, type Listener } from "../../nbd/transport.js";
 import { formatNbdUri, parseNbdUri } from "../../nbd/uri.js";
@@ -525,6 +526,11 @@ const COMBINATIONS: Combination[] = [
 const slot = limiter(2);
 
 afterAll(stopPeers);
+
+beforeAll(() => {
+  if (!existsSync(PEERCOPY_MAIN))
+    throw new Error(`${PEERCOPY_MAIN} does not exist: run \`npm run build\` first`);
+});
 
 describe("write-order fidelity oracle", () => {
   for (const { secondary, orderedRemote, modes, cuts } of COMBINATIONS)
