@@ -10,7 +10,7 @@ const CHART_METRICS = [
 ];
 
 const WIDTH = 960;
-const PLOT_LEFT = 390;
+const PLOT_LEFT = 440;
 const PLOT_RIGHT = 890;
 const ROW = 20;
 const HEADER = 28;

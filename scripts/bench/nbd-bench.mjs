@@ -143,6 +143,10 @@ async function benchmark(opts, tmp) {
         const server = opts.servers[(i + rep) % opts.servers.length];
         if (runsOn(server, workload)) plan.push({ rep, workload, server });
       }
+  if (plan.length === 0)
+    throw new UsageError(
+      "nothing to run: the mirror servers run only --mirror-workloads, and none of those is in --workloads",
+    );
   const images = new Map();
   const chunk = randomBytes(2 ** 20);
   const planned = opts.servers.filter((s) => plan.some((p) => p.server === s));

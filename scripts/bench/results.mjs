@@ -61,7 +61,10 @@ export async function writeResults(outDir, data) {
   await writeFile(
     svg,
     ratioChart({
-      title: `${subjects} relative to ${references} (median of ${runs} each)`,
+      title:
+        all.length === data.ratios.length
+          ? `${subjects} relative to ${references} (median of ${runs} each)`
+          : `peercopy and its mirrors relative to other servers (median of ${runs} each)`,
       subtitle: `${data.date.slice(0, 10)} · ${data.machine.nproc} CPUs · ${data.machine.kernel} · node ${data.machine.node} · ${data.config.runtime} s per run, ${data.config.sizeText} image`,
       ratioList: all,
       workloads: data.workloads,
@@ -115,15 +118,15 @@ side's processes (primary + secondary; qemu-storage-daemon + nbdkit; peercopy se
   return `# NBD server benchmark — latest results
 
 ${data.date} · \`npm run bench\` (scripts/bench/nbd-bench.mjs) · median of ${c.runs} runs per cell,
-servers alternated round-robin within each repetition.
+workload by workload, the servers alternated round-robin within each repetition.
 
 ${markdownTable(rows)}
 
 ${ratioLegend(data.ratios)} IOPS spread: (max − min) ÷ median of the runs, a measure of
 the noise on the machine during the run.
 
-The machine was shared and busy: the 1-minute load average at the start of the runs was
-${loadText} (min / median / max) on ${m.nproc} CPUs.
+The 1-minute load average at the start of the runs was ${loadText} (min / median / max) on
+${m.nproc} CPUs: above ${m.nproc}, other work on the machine was competing with the servers and fio.
 ${mirrorSection}
 ![ratios](latest-ratios.svg)
 
@@ -132,11 +135,12 @@ ${mirrorSection}
 - fio \`--ioengine=nbd\`, one job, one connection, \`--time_based --runtime=${c.runtime} --ramp_time=${c.ramp}\`,
   \`--size=${c.size}\` (${c.sizeText} working set), \`--randrepeat=1 --norandommap\`; p99 is fio's
   completion latency (clat) 99th percentile.
-- Each server gets its own ${c.sizeText} image in ${m.imageFilesystem} temp space,
+- Each server gets its own ${c.sizeText} image (a mirror two: primary and secondary, identical) in ${m.imageFilesystem} temp space,
   ${c.prefill ? "pre-filled with non-zero data and synced before the first run, so that every read returns real data (no server can answer from a hole) and no write allocates blocks" : "left sparse (--no-prefill)"}.
-- Every run starts its server afresh and ends it afterwards; peak RSS is VmHWM of the server's
-  process(es), read just before the stop. The image is fsynced after each stop so that no
-  server's dirty pages are written back during another server's run.
+- Every run starts its server afresh and ends it afterwards (the mirrors are kept between the
+  runs of a workload, see above); peak RSS is VmHWM of the server's process(es), read just
+  before the stop. The images are fsynced after each run so that no server's dirty pages are
+  written back during another server's run.
 ${workloads.join("\n")}
 
 ## Servers
@@ -167,8 +171,9 @@ function mirrorText(data) {
   const c = data.config;
   const workloads = c.mirrorWorkloads ?? [];
   return `The mirrored configurations ran ${workloads.map((w) => `\`${w}\``).join(" and ")} only
-(\`--mirror-workloads\`). Each is started once, at its first run, and kept for the later ones:
-its initial copy of the pre-filled ${c.sizeText} image takes far longer than a fio run. Before
+(\`--mirror-workloads\`). Each is started at its first run of a workload and kept for that
+workload's later runs (its initial copy of the pre-filled ${c.sizeText} image takes far longer
+than a fio run; "initial copy s" is the time to the end of that copy). Before
 every run the copy must be complete and in sync (peercopy: \`GET /status\` says
 \`"pairState": "full-duplex"\` with no lag; qemu-storage-daemon: the mirror job is ready with
 offset = len), the images are fsynced, and the processes' peak RSS is reset
