@@ -12,6 +12,8 @@ export interface VolumeSpec {
   /** Create a sparse image of this size when `image` does not exist. */
   size?: number;
   readOnly?: boolean;
+  /** Largest write a file volume does on the calling thread (see FileBackend). */
+  inlineMax?: number;
 }
 
 export interface OpenedVolume {
@@ -29,7 +31,11 @@ export async function openVolume(spec: VolumeSpec): Promise<OpenedVolume> {
     return { backend, description: `memory volume of ${spec.memory} bytes`, warnings };
   }
   if (spec.image === undefined) throw new Error("openVolume needs an image path or a memory size");
-  const file = await FileBackend.open(spec.image, { readOnly, createSize: spec.size });
+  const file = await FileBackend.open(spec.image, {
+    readOnly,
+    createSize: spec.size,
+    inlineMax: spec.inlineMax,
+  });
   const native = nativeFileOps();
   if (!native.available) warnings.push(native.warning);
   const backend: Backend = readOnly ? new ReadOnlyFilter(file) : file;

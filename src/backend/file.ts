@@ -18,6 +18,8 @@ export interface FileBackendOptions {
   readOnly?: boolean;
   /** Do small writes on the calling thread (default true); false: always the thread pool. */
   inlineWrites?: boolean;
+  /** Largest write done on the calling thread (default 16 KiB). */
+  inlineMax?: number;
   /** Create a sparse file of this size when the path does not exist. */
   createSize?: number;
 }
@@ -57,6 +59,7 @@ export class FileBackend implements Backend {
     readOnly: boolean,
     private readonly ops: NativeFileOps | null,
     private readonly inlineWrites: boolean,
+    private readonly inlineMax: number,
   ) {
     this.capabilities = {
       readOnly,
@@ -109,6 +112,7 @@ export class FileBackend implements Backend {
       readOnly,
       nativeFileOps().ops ?? null,
       options.inlineWrites ?? true,
+      options.inlineMax ?? INLINE_MAX,
     );
   }
 
@@ -145,7 +149,7 @@ export class FileBackend implements Backend {
    */
   write(data: Buffer, offset: number, flags: number): Promise<void> {
     if (
-      data.length <= INLINE_MAX &&
+      data.length <= this.inlineMax &&
       (flags & NBD_CMD_FLAG_FUA) === 0 &&
       this.inlineWrites &&
       performance.now() >= this.inlinePausedUntil
