@@ -108,6 +108,12 @@ export class Negotiation {
     }
   }
 
+  private unknownExport(option: number, name: string): void {
+    this.host.send(
+      encodeOptionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(name)}`),
+    );
+  }
+
   private invalid(option: number, message: string): void {
     this.host.send(encodeOptionError(option, NBD_REP_ERR_INVALID, message));
   }
@@ -132,13 +138,7 @@ export class Negotiation {
     if (request === null) return this.invalid(option, "malformed NBD_OPT_INFO/NBD_OPT_GO data");
     const exp = this.host.findExport(request.name);
     if (exp === undefined) {
-      return this.host.send(
-        encodeOptionError(
-          option,
-          NBD_REP_ERR_UNKNOWN,
-          `no export named ${JSON.stringify(request.name)}`,
-        ),
-      );
+      return this.unknownExport(option, request.name);
     }
     const volume = exp.volume;
     this.host.send(
@@ -167,13 +167,7 @@ export class Negotiation {
     if (request === null) return this.invalid(option, "malformed meta context request");
     const exp = this.host.findExport(request.name);
     if (exp === undefined) {
-      return this.host.send(
-        encodeOptionError(
-          option,
-          NBD_REP_ERR_UNKNOWN,
-          `no export named ${JSON.stringify(request.name)}`,
-        ),
-      );
+      return this.unknownExport(option, request.name);
     }
     for (const q of request.queries) {
       if (!q.includes(":"))

@@ -128,3 +128,14 @@ async function readBody(req: http.IncomingMessage): Promise<string> {
   }
   return text;
 }
+
+/** Starts an admin API and logs its status URL; returns it with the URL. */
+export async function startAdmin(
+  options: AdminOptions,
+): Promise<{ server: AdminServer; statusUrl: string; base: string }> {
+  const server = new AdminServer(options);
+  const bound = await server.listen();
+  const base = `http://${bound.host}:${bound.port}`;
+  options.logger.info({ status: `${base}/status` }, "admin API");
+  return { server, statusUrl: `${base}/status`, base };
+}

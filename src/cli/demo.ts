@@ -3,7 +3,7 @@ import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { startPrimary } from "../controller/primary.js";
 import { startSecondary } from "../controller/secondary.js";
-import { AdminServer } from "../admin/server.js";
+import { startAdmin } from "../admin/server.js";
 import { MirrorMode } from "../mirror/pair.js";
 import { createLogger } from "./log.js";
 import { asUsage, waitForSignal } from "./common.js";
@@ -44,7 +44,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   const mode = oneOf(values.mode ?? "sync", Object.values(MirrorMode), "--mode");
   const listen = parseListen(values.listen ?? "127.0.0.1:10809");
   const remoteListen = parseListen(values["remote-listen"] ?? "127.0.0.1:10810", "--remote-listen");
-  const admin = parseListen(values.admin ?? "127.0.0.1:10819", "--admin");
+  const adminAt = parseListen(values.admin ?? "127.0.0.1:10819", "--admin");
   const logger = createLogger(values["log-level"] ?? "warn");
   await mkdir(dir, { recursive: true });
 
@@ -62,22 +62,22 @@ export async function demoCommand(args: string[]): Promise<number> {
     mirror: { remote: secondary.replicationUri, mode },
     logger,
   });
-  const adminServer = new AdminServer({
-    host: admin.kind === "tcp" ? admin.host : "127.0.0.1",
-    port: admin.kind === "tcp" ? admin.port : 0,
+  const admin = await startAdmin({
+    host: adminAt.kind === "tcp" ? adminAt.host : "127.0.0.1",
+    port: adminAt.kind === "tcp" ? adminAt.port : 0,
     status: primary.status,
     actions: primary.actions,
     logger,
   });
-  const bound = await adminServer.listen();
-  const statusUrl = `http://${bound.host}:${bound.port}/status`;
+  const adminServer = admin.server;
+  const statusUrl = admin.statusUrl;
   process.stdout.write(`peercopy demo: a ${mode} mirror over ${dir}
 
   primary   (hosts read and write here)   ${primary.hostUri}
   secondary (read-only to hosts)          ${secondary.hostUri}
   replication stream                      ${secondary.replicationUri}
   status                                  ${statusUrl}
-  metrics                                 http://${bound.host}:${bound.port}/metrics
+  metrics                                 ${admin.base}/metrics
 
 Mount the primary as a disk (as root; needs nbdfuse and a loop device):
   mkdir -p /tmp/pc && nbdfuse /tmp/pc/disk ${primary.hostUri} &

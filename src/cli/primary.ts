@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { startPrimary } from "../controller/primary.js";
-import { AdminServer } from "../admin/server.js";
+import { startAdmin } from "../admin/server.js";
 import { parseNbdUri } from "../../nbd/uri.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
 import { validateTrackSize } from "../sequencer/plan.js";
@@ -96,18 +96,18 @@ export async function primaryCommand(args: string[]): Promise<number> {
       logger,
     }),
   );
-  let adminServer: AdminServer | undefined;
-  if (admin !== undefined && admin.kind === "tcp") {
-    adminServer = new AdminServer({
-      host: admin.host,
-      port: admin.port,
-      status: primary.status,
-      actions: primary.actions,
-      logger,
-    });
-    const bound = await adminServer.listen();
-    logger.info({ status: `http://${bound.host}:${bound.port}/status` }, "admin API");
-  }
+  const adminServer =
+    admin?.kind === "tcp"
+      ? (
+          await startAdmin({
+            host: admin.host,
+            port: admin.port,
+            status: primary.status,
+            actions: primary.actions,
+            logger,
+          })
+        ).server
+      : undefined;
   const signal = await waitForSignal();
   logger.info({ signal }, "stopping: no new host requests; draining the link");
   const drained = await primary.stop(stopTimeout);

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { startSecondary } from "../controller/secondary.js";
-import { AdminServer } from "../admin/server.js";
+import { startAdmin } from "../admin/server.js";
 import { createLogger } from "./log.js";
 import { asUsage, openOrUsage, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
@@ -46,18 +46,18 @@ export async function secondaryCommand(args: string[]): Promise<number> {
       logger,
     }),
   );
-  let adminServer: AdminServer | undefined;
-  if (admin !== undefined && admin.kind === "tcp") {
-    adminServer = new AdminServer({
-      host: admin.host,
-      port: admin.port,
-      status: secondary.status,
-      actions: {},
-      logger,
-    });
-    const bound = await adminServer.listen();
-    logger.info({ status: `http://${bound.host}:${bound.port}/status` }, "admin API");
-  }
+  const adminServer =
+    admin?.kind === "tcp"
+      ? (
+          await startAdmin({
+            host: admin.host,
+            port: admin.port,
+            status: secondary.status,
+            actions: {},
+            logger,
+          })
+        ).server
+      : undefined;
   const signal = await waitForSignal();
   logger.info({ signal }, "stopping");
   await adminServer?.close();
