@@ -1,10 +1,13 @@
 // Commands that talk to a running controller's admin API.
 import { parseArgs } from "node:util";
-import { asUsage } from "./common.js";
-import { parseListen, UsageError } from "./args.js";
+import { asUsage, waitForSignal } from "./common.js";
+import { parseDuration, parseListen, UsageError } from "./args.js";
+import { watch } from "./watch.js";
 
 const OPTIONS = {
   admin: { type: "string" },
+  watch: { type: "boolean", short: "w" },
+  interval: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -34,12 +37,21 @@ export function controlCommand(action: string, method: "GET" | "POST") {
   return async (args: string[]): Promise<number> => {
     const { values } = asUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
     if (values.help === true) {
+      const extra = action === "status" ? " [--watch [--interval 1s]]" : "";
       process.stdout.write(
-        `usage: peercopy ${action} [--admin HOST:PORT]   (default 127.0.0.1:10819)\n`,
+        `usage: peercopy ${action} [--admin HOST:PORT]${extra}   (default 127.0.0.1:10819)\n`,
       );
       return 0;
     }
-    const body = await call(adminBase(values.admin), method, `/${action}`);
+    const base = adminBase(values.admin);
+    if (values.watch === true) {
+      if (action !== "status") throw new UsageError("--watch goes with peercopy status only");
+      const interval = parseDuration(values.interval ?? "1s", "--interval");
+      const stop = waitForSignal().then(() => undefined);
+      await watch(() => call(base, "GET", "/status"), interval, stop);
+      return 0;
+    }
+    const body = await call(base, method, `/${action}`);
     process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
     return 0;
   };

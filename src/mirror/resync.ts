@@ -10,6 +10,7 @@ import type { MirrorFilter } from "./mirror.js";
 const WINDOW = 32;
 const STATUS_SPAN = 256 * 1024 * 1024;
 const MAX_TOUCHED = 65536;
+const PROGRESS_INTERVAL_MS = 5000;
 
 export class Resync {
   running = false;
@@ -61,6 +62,20 @@ export class Resync {
     this.zeroTracks = 0;
     this.extentsEnd = this.extentsStart;
     this.logger.info({ tracks: this.totalTracks }, "resync started");
+    const progress = setInterval(() => {
+      const eta = this.eta;
+      this.logger.info(
+        {
+          copiedTracks: this.copiedTracks,
+          totalTracks: this.totalTracks,
+          outOfSyncTracks: this.mirror.tracks.outOfSyncTracks,
+          mibPerSecond: Math.round((this.rate / 1048576) * 10) / 10,
+          etaSeconds: eta === undefined ? null : Math.round(eta),
+        },
+        "resync progress",
+      );
+    }, PROGRESS_INTERVAL_MS);
+    progress.unref();
     try {
       const tracks = this.mirror.tracks;
       while (this.active() && tracks.outOfSyncTracks > 0) {
@@ -82,6 +97,7 @@ export class Resync {
       );
       return done;
     } finally {
+      clearInterval(progress);
       this.running = false;
     }
   }
