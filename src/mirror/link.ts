@@ -92,10 +92,6 @@ export class Link {
     return this.options.remote;
   }
 
-  get remoteDescription(): string | undefined {
-    return this.client?.negotiated.description;
-  }
-
   /** Connect now; on failure keep retrying with backoff. Resolves after the first attempt. */
   async start(): Promise<void> {
     await this.connectOnce();

@@ -91,10 +91,6 @@ export class MirrorFilter extends Filter {
     this.resync = new Resync(this, local, this.logger);
   }
 
-  get local(): Backend {
-    return this.next;
-  }
-
   get mirroring(): boolean {
     return this.state === PairState.FULL_DUPLEX || this.state === PairState.DUPLEX_PENDING;
   }
@@ -239,11 +235,8 @@ export class MirrorFilter extends Filter {
     if (run.localLeft === 0) this.localComplete(run);
   }
 
-  localFailedResync(run: TaskRun, err: Error): void {
-    this.localFailed(run, err);
-  }
-
-  private localFailed(run: TaskRun, err: Error): void {
+  /** The first processor failed a subtask: the task ends, its tracks stay marked. */
+  localFailed(run: TaskRun, err: Error): void {
     run.localLeft--;
     if (run.localError === undefined) {
       run.localError = err;

@@ -130,7 +130,7 @@ export class Resync {
       const read = data === undefined ? Promise.resolve() : this.local.read(data, offset);
       read.then(
         () => this.mirror.localDone(run, sub),
-        (err: unknown) => this.mirror.localFailedResync(run, err as Error),
+        (err: unknown) => this.mirror.localFailed(run, err as Error),
       );
     });
   }

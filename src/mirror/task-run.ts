@@ -1,4 +1,4 @@
-import type { Subtask, WriteTask } from "../sequencer/plan.js";
+import type { WriteTask } from "../sequencer/plan.js";
 
 /** What the primary knows about one write data task while it is in flight. */
 export class TaskRun {
@@ -37,10 +37,6 @@ export class TaskRun {
 
   get fullyDispatched(): boolean {
     return this.abandoned || this.dispatched === this.task.count;
-  }
-
-  get subtasks(): readonly Subtask[] {
-    return this.task.subtasks;
   }
 
   /** Resolves when every subtask was handed to the link (or the task was abandoned). */
