@@ -1,3 +1,4 @@
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import type { Endpoint } from "../../nbd/transport.js";
 import { UsageError } from "./args.js";
 import { VolumeOpenError } from "../backend/file.js";
@@ -41,4 +42,15 @@ export async function openOrUsage<T>(open: () => Promise<T>): Promise<T> {
     if (err instanceof VolumeOpenError) throw new UsageError(err.message, { cause: err });
     throw err;
   }
+}
+
+/** Parses a command's arguments; for --help prints `help` and returns undefined. */
+export function parseCommandLine<T extends ParseArgsConfig>(
+  config: T,
+  help: string,
+): ReturnType<typeof parseArgs<T>> | undefined {
+  const parsed = asUsage(() => parseArgs(config));
+  if ((parsed.values as { help?: unknown }).help !== true) return parsed;
+  process.stdout.write(`${help}\n`);
+  return undefined;
 }

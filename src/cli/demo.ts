@@ -1,4 +1,3 @@
-import { parseArgs } from "node:util";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { startPrimary } from "../controller/primary.js";
@@ -6,7 +5,7 @@ import { startSecondary } from "../controller/secondary.js";
 import { startAdmin } from "../admin/server.js";
 import { MirrorMode } from "../mirror/pair.js";
 import { createLogger } from "./log.js";
-import { asUsage, waitForSignal } from "./common.js";
+import { parseCommandLine, waitForSignal } from "./common.js";
 import { oneOf, parseListen, parseSize } from "./args.js";
 
 const HELP = `usage: peercopy demo [options]
@@ -34,11 +33,9 @@ const OPTIONS = {
 } as const;
 
 export async function demoCommand(args: string[]): Promise<number> {
-  const { values } = asUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
-  if (values.help === true) {
-    process.stdout.write(`${HELP}\n`);
-    return 0;
-  }
+  const parsed = parseCommandLine({ args, options: OPTIONS, strict: true }, HELP);
+  if (parsed === undefined) return 0;
+  const { values } = parsed;
   const dir = path.resolve(values.dir ?? "var");
   const size = parseSize(values.size ?? "1G", "--size");
   const mode = oneOf(values.mode ?? "sync", Object.values(MirrorMode), "--mode");

@@ -1,11 +1,10 @@
-import { parseArgs } from "node:util";
 import { startPrimary } from "../controller/primary.js";
 import { startAdmin } from "../admin/server.js";
 import { parseNbdUri } from "../../nbd/uri.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
 import { validateTrackSize } from "../sequencer/plan.js";
 import { createLogger } from "./log.js";
-import { asUsage, openOrUsage, waitForSignal } from "./common.js";
+import { asUsage, openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 
@@ -45,13 +44,12 @@ const OPTIONS = {
 } as const;
 
 export async function primaryCommand(args: string[]): Promise<number> {
-  const { values, positionals } = asUsage(() =>
-    parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+  const parsed = parseCommandLine(
+    { args, options: OPTIONS, allowPositionals: true, strict: true },
+    HELP,
   );
-  if (values.help === true) {
-    process.stdout.write(`${HELP}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0;
+  const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10809");
   if (values.remote === undefined)
     throw new UsageError("--remote NBD-URI is required, e.g. nbd://127.0.0.1:10810/replication");

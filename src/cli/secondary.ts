@@ -1,8 +1,7 @@
-import { parseArgs } from "node:util";
 import { startSecondary } from "../controller/secondary.js";
 import { startAdmin } from "../admin/server.js";
 import { createLogger } from "./log.js";
-import { asUsage, openOrUsage, waitForSignal } from "./common.js";
+import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { parseListen } from "./args.js";
 
@@ -27,13 +26,12 @@ const OPTIONS = {
 } as const;
 
 export async function secondaryCommand(args: string[]): Promise<number> {
-  const { values, positionals } = asUsage(() =>
-    parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+  const parsed = parseCommandLine(
+    { args, options: OPTIONS, allowPositionals: true, strict: true },
+    HELP,
   );
-  if (values.help === true) {
-    process.stdout.write(`${HELP}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0;
+  const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10810");
   const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
   const logger = createLogger(host.logLevel);

@@ -1,8 +1,7 @@
-import { parseArgs } from "node:util";
 import { NbdServer } from "../../nbd/server/server.js";
 import { openVolume } from "../volume.js";
 import { createLogger } from "./log.js";
-import { asUsage, endpointUri, openOrUsage, waitForSignal } from "./common.js";
+import { endpointUri, openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 
 const HELP = `usage: peercopy serve IMAGE [options]
@@ -18,13 +17,12 @@ Sizes take K, M, G or T suffixes (powers of 1024).`;
 const OPTIONS = { ...HOST_OPTIONS, "read-only": { type: "boolean" } } as const;
 
 export async function serveCommand(args: string[]): Promise<number> {
-  const { values, positionals } = asUsage(() =>
-    parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+  const parsed = parseCommandLine(
+    { args, options: OPTIONS, allowPositionals: true, strict: true },
+    HELP,
   );
-  if (values.help === true) {
-    process.stdout.write(`${HELP}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0;
+  const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10809", values["read-only"] === true);
   const logger = createLogger(host.logLevel);
   const volume = await openOrUsage(() => openVolume(host.volume));
