@@ -87,7 +87,7 @@ export class MemoryMetaIo implements MetaIo {
     keep: (i: number) => boolean,
     torn?: { offset: number; data: Buffer; bytes: number },
   ): Buffer {
-    let out = Buffer.from(this.durable);
+    let out: Buffer = Buffer.from(this.durable);
     this.unsynced.forEach((u, i) => {
       if (keep(i)) out = apply(out, u.offset, u.data);
     });
