@@ -101,19 +101,20 @@ export class ActivityLog {
       throw new RangeError(`tracks ${first}+${count} beyond the ${this.g.trackCount}-track volume`);
     const e0 = Math.floor(first / this.tpe);
     const e1 = Math.floor((first + count - 1) / this.tpe);
-    if (this.queue.length === 0) {
-      let e = e0;
-      for (; e <= e1; e++) {
-        const s = this.slotOf[e] as number;
-        if (s < 0 || this.slotState[s] !== DURABLE) break;
+    // Writes to logged extents never wait, not even behind queued misses: they
+    // take no slot, and they cannot keep the queue waiting forever unless every
+    // extent is always in use.
+    let e = e0;
+    for (; e <= e1; e++) {
+      const s = this.slotOf[e] as number;
+      if (s < 0 || this.slotState[s] !== DURABLE) break;
+    }
+    if (e > e1) {
+      for (e = e0; e <= e1; e++) {
+        this.refs[e] = (this.refs[e] as number) + 1;
+        this.touch(this.slotOf[e] as number);
       }
-      if (e > e1) {
-        for (e = e0; e <= e1; e++) {
-          this.refs[e] = (this.refs[e] as number) + 1;
-          this.touch(this.slotOf[e] as number);
-        }
-        return undefined;
-      }
+      return undefined;
     }
     return this.slowBegin(e0, e1);
   }
