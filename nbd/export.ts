@@ -49,3 +49,14 @@ export interface Export {
   blockStatus(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
 }
+
+/**
+ * A metadata context beyond base:allocation ("Metadata querying"), read with
+ * NBD_CMD_BLOCK_STATUS. `flags` of its extents are the context's own bits.
+ */
+export interface MetaContextSource {
+  /** "namespace:leaf-name", e.g. "peercopy:out-of-sync". */
+  readonly name: string;
+  /** Extents covering at least the first byte of the range, none past its end. */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+}

@@ -49,6 +49,8 @@ export interface NbdClientOptions {
   readonly structuredReplies?: boolean;
   /** Negotiate base:allocation for blockStatus(). Default true. */
   readonly blockStatus?: boolean;
+  /** Further metadata contexts (e.g. "qemu:dirty-bitmap:b0") for blockStatusOf(). */
+  readonly metaContexts?: readonly string[];
   /** Bytes the socket may hold unsent before requests wait in the client. Default 1 MiB. */
   readonly sendBufferBytes?: number;
   readonly logger?: ClientLogger;
@@ -110,6 +112,7 @@ export class NbdClient extends EventEmitter<ClientEvents> implements Export {
         exportName: options.exportName ?? "",
         structuredReplies: options.structuredReplies,
         blockStatus: options.blockStatus,
+        metaContexts: options.metaContexts,
       });
       return new NbdClient(stream, negotiated, channel.detach(), options);
     } catch (err) {
@@ -270,15 +273,46 @@ export class NbdClient extends EventEmitter<ClientEvents> implements Export {
     if (!this.capabilities.blockStatus) {
       throw new NbdRequestError(NBD_ENOTSUP, "the server did not agree to base:allocation");
     }
+    return this.contextStatus(BASE_ALLOCATION, offset, length, flags);
+  }
+
+  /**
+   * Extents of the negotiated metadata context `context` (see the metaContexts
+   * option) from `offset`, clipped to the range; possibly fewer than asked.
+   * Their flags are that context's own bits.
+   */
+  async blockStatusOf(
+    context: string,
+    offset: number,
+    length: number,
+    flags = 0,
+  ): Promise<Extent[]> {
+    checkFlags(NBD_CMD_BLOCK_STATUS, flags, NBD_CMD_FLAG_REQ_ONE);
+    if (!this.metaContexts.has(context)) {
+      throw new NbdRequestError(
+        NBD_ENOTSUP,
+        `the server did not grant metadata context ${JSON.stringify(context)}`,
+      );
+    }
+    return this.contextStatus(context, offset, length, flags);
+  }
+
+  private async contextStatus(
+    context: string,
+    offset: number,
+    length: number,
+    flags: number,
+  ): Promise<Extent[]> {
     checkRange(NBD_CMD_BLOCK_STATUS, offset, length, this.size, this.minimum);
     if (length === 0) return [];
+    const id = this.metaContexts.get(context);
     this.connection.enter();
     try {
       const ask = Math.min(length, MAX_EFFECT_LENGTH);
       const reply = await this.send(NBD_CMD_BLOCK_STATUS, flags, offset, ask);
       const extents: Extent[] = [];
       let covered = 0;
-      for (const extent of reply.extents ?? []) {
+      for (const extent of (id === undefined ? undefined : reply.contextExtents?.get(id)) ?? []) {
         if (covered >= length) break;
         const n = Math.min(extent.length, length - covered);
         extents.push({ length: n, flags: extent.flags });

@@ -46,6 +46,8 @@ export interface NegotiateOptions {
   readonly structuredReplies?: boolean;
   /** Ask for the base:allocation metadata context. Default true. */
   readonly blockStatus?: boolean;
+  /** Further metadata contexts to select with NBD_OPT_SET_META_CONTEXT. */
+  readonly metaContexts?: readonly string[];
 }
 
 export interface NegotiatedExport {
@@ -115,9 +117,10 @@ export async function negotiate(
   }
   const structuredReplies =
     options.structuredReplies !== false && (await requestStructuredReplies(channel));
+  const queries = metaContextQueries(options);
   const metaContexts =
-    structuredReplies && options.blockStatus !== false
-      ? await setMetaContexts(channel, exportName, [BASE_ALLOCATION])
+    structuredReplies && queries.length > 0
+      ? await setMetaContexts(channel, exportName, queries)
       : new Map<string, number>();
 
   const details: ExportDetails = {};
@@ -159,6 +162,22 @@ export async function negotiate(
     via: "NBD_OPT_GO",
     description: details.description,
   };
+}
+
+/** base:allocation (unless turned off) and the extra contexts, each once. */
+export function metaContextQueries(options: NegotiateOptions): string[] {
+  const queries = new Set<string>();
+  if (options.blockStatus !== false) queries.add(BASE_ALLOCATION);
+  for (const name of options.metaContexts ?? []) {
+    if (!name.includes(":") || Buffer.byteLength(name) > NBD_MAX_STRING) {
+      throw new NbdHandshakeError(
+        "EINVAL",
+        `metadata context ${JSON.stringify(name)} is not "namespace:leaf-name" of at most ${NBD_MAX_STRING} bytes`,
+      );
+    }
+    queries.add(name);
+  }
+  return [...queries];
 }
 
 export async function requestStructuredReplies(channel: HandshakeChannel): Promise<boolean> {

@@ -16,6 +16,7 @@ export class ClientRequest implements ReplyTarget {
   message = "";
   errorOffset = -1;
   extents: Extent[] | undefined = undefined;
+  contextExtents: Map<number, Extent[]> | undefined = undefined;
   received = 0;
   spans: number[] | undefined = undefined;
   resolve: (request: ClientRequest) => void = unset;

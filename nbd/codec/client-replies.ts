@@ -42,6 +42,8 @@ export interface ReplyTarget {
   errorOffset: number;
   /** base:allocation extents from NBD_REPLY_TYPE_BLOCK_STATUS. */
   extents: Extent[] | undefined;
+  /** Every negotiated context's extents, by context id, base:allocation included. */
+  contextExtents?: Map<number, Extent[]> | undefined;
   /** Bytes of the read covered by content chunks so far. */
   received: number;
   /** Covered ranges relative to `offset` as merged [start, end) pairs; see client-spans.ts. */
@@ -59,7 +61,7 @@ export interface ReplyParserOptions {
   readonly structuredReplies: boolean;
   /** Every metadata context id the server returned for NBD_OPT_SET_META_CONTEXT. */
   readonly metaContextIds?: ReadonlySet<number>;
-  /** The id of base:allocation, whose extents are kept in `target.extents`. */
+  /** The id of base:allocation, whose extents are also kept in `target.extents`. */
   readonly allocationContextId?: number;
 }
 
@@ -349,9 +351,11 @@ export class ReplyParser<T extends ReplyTarget = ReplyTarget> {
     if (!this.contextIds.has(id)) {
       this.fail(`NBD_REPLY_TYPE_BLOCK_STATUS for metadata context ${id}, never negotiated`);
     }
-    if (id !== this.allocationId) return;
-    if (target.extents !== undefined) {
-      this.fail("two NBD_REPLY_TYPE_BLOCK_STATUS chunks for base:allocation in one reply");
+    // "exactly one chunk of type NBD_REPLY_TYPE_BLOCK_STATUS per selected context id"
+    const byContext = (target.contextExtents ??= new Map<number, Extent[]>());
+    if (byContext.has(id)) {
+      const which = id === this.allocationId ? "base:allocation" : `metadata context ${id}`;
+      this.fail(`two NBD_REPLY_TYPE_BLOCK_STATUS chunks for ${which} in one reply`);
     }
     const count = (this.chunkLength - 4) / 8;
     const reqOne = (target.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
@@ -369,7 +373,8 @@ export class ReplyParser<T extends ReplyTarget = ReplyTarget> {
         this.fail(`block status extents go past the requested length ${target.length}`);
       }
     }
-    target.extents = extents;
+    byContext.set(id, extents);
+    if (id === this.allocationId) target.extents = extents;
   }
 
   private decodeError(target: ReplyTarget, p: Buffer): void {
@@ -405,11 +410,21 @@ export class ReplyParser<T extends ReplyTarget = ReplyTarget> {
       if (target.command === NBD_CMD_READ && target.received !== target.length) {
         this.fail(`NBD_CMD_READ succeeded with ${target.received} of ${target.length} bytes sent`);
       }
-      if (target.command === NBD_CMD_BLOCK_STATUS && target.extents === undefined) {
-        this.fail("NBD_CMD_BLOCK_STATUS succeeded without base:allocation extents");
-      }
+      if (target.command === NBD_CMD_BLOCK_STATUS) this.checkEveryContext(target);
     }
     this.handler.complete(this.cookie, target);
+  }
+
+  private checkEveryContext(target: ReplyTarget): void {
+    if (this.contextIds.has(this.allocationId) && target.extents === undefined) {
+      this.fail("NBD_CMD_BLOCK_STATUS succeeded without base:allocation extents");
+    }
+    const got = target.contextExtents;
+    for (const id of this.contextIds) {
+      if (got?.has(id) !== true) {
+        this.fail(`NBD_CMD_BLOCK_STATUS succeeded without extents for metadata context ${id}`);
+      }
+    }
   }
 
   private currentTarget(): T {

@@ -198,10 +198,12 @@ export function encodeBlockStatus(
   cookieLo: number,
   contextId: number,
   extents: readonly Extent[],
+  /** 0 for all but the last chunk when several contexts answer one request. */
+  flags: number = NBD_REPLY_FLAG_DONE,
 ): Buffer {
   const length = 4 + 8 * extents.length;
   const b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + length);
-  writeChunkHeader(b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookieHi, cookieLo, length);
+  writeChunkHeader(b, flags, NBD_REPLY_TYPE_BLOCK_STATUS, cookieHi, cookieLo, length);
   b.writeUInt32BE(contextId, NBD_STRUCTURED_REPLY_HEADER_SIZE);
   let at = NBD_STRUCTURED_REPLY_HEADER_SIZE + 4;
   for (const e of extents) {

@@ -23,9 +23,10 @@ import {
   NBD_EOVERFLOW,
   NBD_EPERM,
   NBD_MAX_PAYLOAD,
+  NBD_REPLY_FLAG_DONE,
 } from "../constants.js";
 import { NbdProtocolError, toNbdErrno } from "../errors.js";
-import type { Export } from "../export.js";
+import type { Export, Extent } from "../export.js";
 import type { Logger } from "../logger.js";
 import { ServerParser, type NbdRequest, type ServerParserSink } from "../codec/server-parser.js";
 import {
@@ -36,7 +37,7 @@ import {
   encodeStructuredError,
   readReplyOverhead,
 } from "../codec/server-replies.js";
-import { BASE_ALLOCATION_ID, Negotiation, type NegotiationHost } from "./negotiate.js";
+import { Negotiation, type NegotiationHost, type SelectedContext } from "./negotiate.js";
 import type { ServedExport } from "./exports.js";
 
 export interface ConnectionLimits {
@@ -53,6 +54,9 @@ export interface ConnectionOwner {
   listExports(): readonly ServedExport[];
   closed(conn: Connection): void;
 }
+
+// Servers SHOULD NOT send more than 2^20 descriptors in one chunk ("NBD_CMD_BLOCK_STATUS").
+const MAX_EXTENTS_PER_CHUNK = 2 ** 20;
 
 const FLAGS_ALLOWED: Readonly<Record<number, number>> = {
   [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
@@ -71,6 +75,8 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private volume: Export | null = null;
   private exportName = "";
   private blockStatusOk = false;
+  /** Contexts NBD_CMD_BLOCK_STATUS answers for: one chunk each. */
+  private contexts: readonly SelectedContext[] = [];
   private inFlight = 0;
   private inFlightBytes = 0;
   private readPaused = false;
@@ -155,7 +161,9 @@ export class Connection implements ServerParserSink, NegotiationHost {
   begin(exp: ServedExport): void {
     this.volume = exp.volume;
     this.exportName = exp.name;
-    this.blockStatusOk = this.negotiation.metaContextExport === exp.name;
+    const selected = this.negotiation.metaContextExport === exp.name;
+    this.contexts = selected ? this.negotiation.metaContexts : [];
+    this.blockStatusOk = this.contexts.length > 0;
     this.parser.gatherPayloads = exp.volume.writev !== undefined;
     this.parser.enterTransmission();
     this.owner.logger.debug({ peer: this.peer, export: exp.name }, "transmission");
@@ -262,15 +270,37 @@ export class Connection implements ServerParserSink, NegotiationHost {
       case NBD_CMD_CACHE:
         await volume.cache(req.offset, req.length);
         break;
-      case NBD_CMD_BLOCK_STATUS: {
-        const extents = await volume.blockStatus(req.offset, req.length);
-        const reqOne = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
-        const clipped = clipExtents(extents, req.length, reqOne);
-        this.send(encodeBlockStatus(req.cookieHi, req.cookieLo, BASE_ALLOCATION_ID, clipped));
-        return;
-      }
+      case NBD_CMD_BLOCK_STATUS:
+        return this.blockStatus(req, volume);
     }
     this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+  }
+
+  /**
+   * One NBD_REPLY_TYPE_BLOCK_STATUS chunk per selected context, the last with
+   * NBD_REPLY_FLAG_DONE. Every source answers before any chunk leaves, so a
+   * failing one turns the whole request into one error reply.
+   */
+  private async blockStatus(req: NbdRequest, volume: Export): Promise<void> {
+    const contexts = this.contexts;
+    const answers = await Promise.all(
+      contexts.map((c) =>
+        c.source === null
+          ? volume.blockStatus(req.offset, req.length)
+          : c.source.blockStatus(req.offset, req.length),
+      ),
+    );
+    const reqOne = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    for (let i = 0; i < contexts.length; i++) {
+      const context = contexts[i] as SelectedContext;
+      const extents = answers[i] as Extent[];
+      const clipped =
+        context.source === null
+          ? clipExtents(extents, req.length, reqOne)
+          : clipContextExtents(extents, req.length, reqOne);
+      const flags = i === contexts.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+      this.send(encodeBlockStatus(req.cookieHi, req.cookieLo, context.id, clipped, flags));
+    }
   }
 
   private replyError(req: NbdRequest, error: number, message: string): void {
@@ -347,7 +377,29 @@ function clipExtents<T extends { length: number; flags: number }>(
   const first = extents[0];
   if (first === undefined) return [{ length, flags: 0 }];
   if (reqOne) return [{ length: Math.min(first.length, length), flags: first.flags }];
-  return extents;
+  return extents.length > MAX_EXTENTS_PER_CHUNK ? extents.slice(0, MAX_EXTENTS_PER_CHUNK) : extents;
+}
+
+/**
+ * A context source's extents made valid for the wire: no empty extents, none
+ * past the request's end, at most MAX_EXTENTS_PER_CHUNK ("NBD_CMD_BLOCK_STATUS").
+ */
+function clipContextExtents(
+  extents: readonly Extent[],
+  length: number,
+  reqOne: boolean,
+): readonly Extent[] {
+  const out: Extent[] = [];
+  const most = reqOne ? 1 : MAX_EXTENTS_PER_CHUNK;
+  let covered = 0;
+  for (const e of extents) {
+    if (covered >= length || out.length >= most) break;
+    if (e.length <= 0) continue;
+    const n = Math.min(e.length, length - covered);
+    out.push({ length: n, flags: e.flags >>> 0 });
+    covered += n;
+  }
+  return out.length > 0 ? out : [{ length, flags: 0 }];
 }
 
 function errorMessage(req: NbdRequest, err: unknown): string {

@@ -11,13 +11,20 @@ import {
   NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_MAX_PAYLOAD,
 } from "../constants.js";
-import type { BlockSizeConstraints, Export, ExportCapabilities } from "../export.js";
+import type {
+  BlockSizeConstraints,
+  Export,
+  ExportCapabilities,
+  MetaContextSource,
+} from "../export.js";
 
 /** A volume offered under a name. The empty name is the default export. */
 export interface ServedExport {
   readonly name: string;
   readonly description: string;
   readonly volume: Export;
+  /** Metadata contexts offered besides base:allocation (which `volume` provides). */
+  readonly metaContexts?: readonly MetaContextSource[];
 }
 
 export const DEFAULT_BLOCK_SIZES: BlockSizeConstraints = {

@@ -38,6 +38,7 @@ import {
   parseGoRequest,
   parseMetaContextRequest,
 } from "../codec/server-options.js";
+import type { MetaContextSource } from "../export.js";
 import type { ServedExport } from "./exports.js";
 import { DEFAULT_BLOCK_SIZES, transmissionFlags } from "./exports.js";
 
@@ -57,8 +58,10 @@ export interface NegotiationHost {
 export class Negotiation {
   noZeroes = false;
   structured = false;
-  /** Export name base:allocation was last selected for, or null. */
+  /** Export name the contexts were last selected for, or null. */
   metaContextExport: string | null = null;
+  /** What the last NBD_OPT_SET_META_CONTEXT selected. */
+  metaContexts: readonly SelectedContext[] = [];
 
   constructor(private readonly host: NegotiationHost) {}
 
@@ -160,7 +163,8 @@ export class Negotiation {
 
   private metaContext(option: number, data: Buffer): void {
     const set = option === NBD_OPT_SET_META_CONTEXT;
-    if (set) this.metaContextExport = null;
+    // SET replaces the selection even when it fails (NBD_OPT_SET_META_CONTEXT).
+    if (set) this.select(null, []);
     if (!this.structured)
       return this.invalid(option, "negotiate NBD_OPT_STRUCTURED_REPLY before meta contexts");
     const request = parseMetaContextRequest(data);
@@ -173,14 +177,46 @@ export class Negotiation {
       if (!q.includes(":"))
         return this.invalid(option, `query ${JSON.stringify(q)} lacks a namespace`);
     }
-    const wanted = set
-      ? request.queries.includes(BASE_ALLOCATION)
-      : request.queries.length === 0 ||
-        request.queries.some((q) => q === BASE_ALLOCATION || q === "base:");
-    if (wanted && exp.volume.capabilities.blockStatus) {
-      this.host.send(encodeMetaContext(option, set ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION));
-      if (set) this.metaContextExport = exp.name;
-    }
+    const matched = availableContexts(exp).filter((c) =>
+      set ? request.queries.includes(c.name) : listMatches(request.queries, c.name),
+    );
+    for (const c of matched) this.host.send(encodeMetaContext(option, set ? c.id : 0, c.name));
+    if (set) this.select(exp.name, matched);
     this.host.send(encodeOptionReply(option, NBD_REP_ACK));
   }
+
+  private select(exportName: string | null, contexts: readonly SelectedContext[]): void {
+    this.metaContextExport = exportName;
+    this.metaContexts = contexts;
+  }
+}
+
+/** A context chosen with NBD_OPT_SET_META_CONTEXT; `source` is null for base:allocation. */
+export interface SelectedContext {
+  readonly id: number;
+  readonly name: string;
+  readonly source: MetaContextSource | null;
+}
+
+/** Every context `exp` offers, with the id SET gives it: stable for the export. */
+function availableContexts(exp: ServedExport): SelectedContext[] {
+  const all: SelectedContext[] = [];
+  if (exp.volume.capabilities.blockStatus)
+    all.push({ id: BASE_ALLOCATION_ID, name: BASE_ALLOCATION, source: null });
+  const extra = exp.metaContexts ?? [];
+  for (let i = 0; i < extra.length; i++) {
+    const source = extra[i] as MetaContextSource;
+    all.push({ id: BASE_ALLOCATION_ID + 1 + i, name: source.name, source });
+  }
+  return all;
+}
+
+/**
+ * NBD_OPT_LIST_META_CONTEXT ("Metadata querying"): no query lists everything;
+ * "namespace:" lists that namespace; any other query names one context.
+ */
+function listMatches(queries: readonly string[], name: string): boolean {
+  if (queries.length === 0) return true;
+  const namespace = name.slice(0, name.indexOf(":") + 1);
+  return queries.some((q) => q === name || q === namespace);
 }
