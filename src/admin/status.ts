@@ -1,11 +1,13 @@
 // The JSON served at GET /status, and the same figures as Prometheus metrics.
 import type { MirrorFilter } from "../mirror/mirror.js";
+import { hex } from "../pair/generations.js";
 
 export interface ControllerInfo {
   role: "primary" | "secondary";
   hostUri: string;
   volume: string;
   size: number;
+  metadata?: string | undefined;
   hostConnections: () => number;
 }
 
@@ -17,6 +19,20 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
     mode: m.mode,
     pairState: m.state,
     suspendReason: m.suspendReason ?? null,
+    stateDetail: m.stateDetail ?? null,
+    demoted: m.demoted,
+    metadata: info.metadata ?? null,
+    pair: {
+      id: m.side.state.pairId,
+      current: hex(m.side.state.generations.current),
+      bitmap: hex(m.side.state.generations.bitmap),
+      fresh: m.side.state.fresh,
+      lastDecision: m.lastConnect?.decision ?? null,
+      localChangedTracks: m.lastConnect?.localTracks ?? null,
+      remoteChangedTracks: m.lastConnect?.remoteTracks ?? null,
+      recoveredFromCrash: m.side.recovered.crashed,
+      recoveredActivityLogTracks: m.side.recovered.activityLogTracks,
+    },
     host: {
       uri: info.hostUri,
       connections: info.hostConnections(),
@@ -67,6 +83,8 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
       zeroTracks: resync.zeroTracks,
       bytesPerSecond: Math.round(resync.rate),
       etaSeconds: resync.eta === undefined ? null : Math.round(resync.eta),
+      rateLimit: resync.rateLimit,
+      lastCopiedTracks: resync.lastCopiedTracks,
     },
     errors: { hostWrites: m.hostWriteErrors, link: m.link.errors },
   };

@@ -7,6 +7,7 @@ import { createLogger } from "./log.js";
 import { asUsage, openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
+import { parseMetadataArgs, stopMessage } from "./pair-options.js";
 
 const HELP = `usage: peercopy primary IMAGE --remote NBD-URI [options]
 
@@ -27,6 +28,13 @@ trim to the remote NBD server, track by track, in order.
                           whether the remote applies writes in arrival order
                           (auto: only a peercopy secondary does)
   --stop-timeout DURATION how long SIGTERM waits for the link to drain (default 30s)
+  --metadata PATH|none    where the out-of-sync bitmap, activity log and pair
+                          generations live (default IMAGE.pcmeta; none keeps them
+                          in memory, so every start copies the whole volume)
+  --init-metadata         discard a metadata file that does not fit this volume
+  --al-extents N          activity-log size: 4 MiB regions hot at once (default 1024)
+  --discard remote        at a split brain, overwrite the remote's own changes
+  --resync-rate RATE      cap the resync, e.g. 100M (bytes per second; default none)
   --admin HOST:PORT       serve GET /status, GET /metrics and POST actions here
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}`;
 
@@ -41,6 +49,11 @@ const OPTIONS = {
   "ordered-remote": { type: "string" },
   "stop-timeout": { type: "string" },
   admin: { type: "string" },
+  metadata: { type: "string" },
+  "init-metadata": { type: "boolean" },
+  "al-extents": { type: "string" },
+  discard: { type: "string" },
+  "resync-rate": { type: "string" },
 } as const;
 
 export async function primaryCommand(args: string[]): Promise<number> {
@@ -83,6 +96,15 @@ export async function primaryCommand(args: string[]): Promise<number> {
   );
   const stopTimeout = parseDuration(values["stop-timeout"] ?? "30s", "--stop-timeout");
   const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
+  const metadata = parseMetadataArgs(values);
+  const discard =
+    values.discard === undefined
+      ? undefined
+      : oneOf(values.discard, ["remote"] as const, "--discard");
+  const resyncRate =
+    values["resync-rate"] === undefined
+      ? undefined
+      : parseSize(values["resync-rate"].replace(/\/s$/, ""), "--resync-rate");
   const logger = createLogger(host.logLevel);
 
   const primary = await openOrUsage(() =>
@@ -90,7 +112,19 @@ export async function primaryCommand(args: string[]): Promise<number> {
       volume: host.volume,
       listen: host.listen,
       exportName: host.exportName,
-      mirror: { remote, mode, trackSize, maxLagBytes, maxLagMs, onLag, onLinkLoss, ordered },
+      mirror: {
+        remote,
+        mode,
+        trackSize,
+        maxLagBytes,
+        maxLagMs,
+        onLag,
+        onLinkLoss,
+        ordered,
+        discardRemote: discard === "remote",
+        resyncRate,
+      },
+      metadata,
       logger,
     }),
   );
@@ -108,13 +142,10 @@ export async function primaryCommand(args: string[]): Promise<number> {
       : undefined;
   const signal = await waitForSignal();
   logger.info({ signal }, "stopping: no new host requests; draining the link");
-  const drained = await primary.stop(stopTimeout);
+  const report = await primary.stop(stopTimeout);
   await adminServer?.close();
-  if (drained) logger.info("stopped; the secondary has every write");
-  else
-    logger.warn(
-      { outOfSyncTracks: primary.mirror.tracks.outOfSyncTracks },
-      "stopped before the link drained",
-    );
+  const message = stopMessage(report);
+  if (report.inSync) logger.info(report, message);
+  else logger.warn(report, message);
   return 0;
 }

@@ -4,6 +4,7 @@ import { createLogger } from "./log.js";
 import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { parseListen } from "./args.js";
+import { parseMetadataArgs } from "./pair-options.js";
 
 const HELP = `usage: peercopy secondary IMAGE [options]
 
@@ -14,7 +15,9 @@ applied in the order they arrive. Point the primary at it with
 
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10810")}
   --replication-export NAME   export the primary writes to (default replication)
-  --admin HOST:PORT           serve GET /status and /metrics here
+  --admin HOST:PORT           serve GET /status, /metrics and POST /promote here
+  --metadata PATH|none        pair record and marks (default IMAGE.pcmeta)
+  --init-metadata             discard a metadata file that does not fit this volume
 
 The replication export has no authentication yet: anyone who can reach the
 port can write to it. Bind it to loopback or a private network.`;
@@ -23,6 +26,8 @@ const OPTIONS = {
   ...HOST_OPTIONS,
   "replication-export": { type: "string" },
   admin: { type: "string" },
+  metadata: { type: "string" },
+  "init-metadata": { type: "boolean" },
 } as const;
 
 export async function secondaryCommand(args: string[]): Promise<number> {
@@ -41,6 +46,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
       listen: host.listen,
       exportName: host.exportName,
       replicationExport: values["replication-export"] ?? "replication",
+      metadata: parseMetadataArgs(values),
       logger,
     }),
   );
@@ -51,7 +57,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
             host: admin.host,
             port: admin.port,
             status: secondary.status,
-            actions: {},
+            actions: secondary.actions,
             logger,
           })
         ).server

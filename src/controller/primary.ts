@@ -3,17 +3,40 @@ import { NbdServer } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
 import { MirrorFilter, type MirrorOptions } from "../mirror/mirror.js";
-import { SuspendReason } from "../mirror/pair.js";
+import { LinkState } from "../mirror/link.js";
+import { PairState, SuspendReason } from "../mirror/pair.js";
 import { openVolume, type VolumeSpec } from "../volume.js";
 import { endpointUri } from "../cli/common.js";
 import { primaryStatus } from "../admin/status.js";
+import { outOfSyncContext } from "../pair/marks.js";
+import { openSide, type MetadataSpec } from "../pair/open-side.js";
+import { Role } from "../pair/side.js";
+import { DEFAULT_TRACK_SIZE } from "../sequencer/plan.js";
 
 export interface PrimaryOptions {
   volume: VolumeSpec;
   listen: Endpoint;
   exportName: string;
-  mirror: Omit<MirrorOptions, "logger">;
+  mirror: Omit<MirrorOptions, "logger" | "side">;
+  metadata?: MetadataSpec;
   logger: Logger;
+}
+
+/** The remote as configured can never take the stream: a configuration error, exit 2. */
+export class ConfigError extends Error {
+  readonly code = "ECONFIG";
+}
+
+/** What a clean stop leaves on the secondary, said no more strongly than known. */
+export interface StopReport {
+  /** The pair was full-duplex, the link drained and both sides flushed. */
+  readonly inSync: boolean;
+  readonly outOfSyncTracks: number;
+  readonly outOfSyncBytes: number;
+  /** Where the marks are kept for the next start; undefined with --metadata none. */
+  readonly metadata: string | undefined;
+  /** The remote never completed a first copy from this side. */
+  readonly neverSynced: boolean;
 }
 
 export interface RunningPrimary {
@@ -21,32 +44,66 @@ export interface RunningPrimary {
   mirror: MirrorFilter;
   server: NbdServer;
   status: () => Record<string, unknown>;
-  actions: Record<string, () => unknown>;
+  actions: Record<string, (body: Record<string, unknown>) => unknown>;
   /** Stop taking host requests, drain the link (bounded), flush both sides. */
-  stop(timeoutMs: number): Promise<boolean>;
+  stop(timeoutMs: number): Promise<StopReport>;
 }
 
 export async function startPrimary(options: PrimaryOptions): Promise<RunningPrimary> {
+  const { logger } = options;
   const volume = await openVolume(options.volume);
-  for (const w of volume.warnings) options.logger.warn(w);
+  for (const w of volume.warnings) logger.warn(w);
   const local = volume.backend;
-  const mirror = new MirrorFilter(local, { ...options.mirror, logger: options.logger });
+  const trackSize = options.mirror.trackSize ?? DEFAULT_TRACK_SIZE;
+  const side = await openSide(
+    options.metadata,
+    options.volume,
+    local.size,
+    trackSize,
+    Role.PRIMARY,
+  );
+  if (side.recovered.crashed)
+    logger.warn(
+      {
+        metadata: side.path,
+        activityLogTracks: side.recovered.activityLogTracks,
+        bitmapTracks: side.recovered.bitmapTracks,
+        outOfSyncTracks: side.bits.outOfSyncTracks,
+      },
+      "the last run did not stop cleanly; the tracks it may have been writing count as out of sync",
+    );
+  if (side.state.role !== Role.PRIMARY) await side.update({ role: Role.PRIMARY });
+  const mirror = new MirrorFilter(local, { ...options.mirror, side, logger });
   const server = new NbdServer({
     exports: [
-      { name: options.exportName, description: `${volume.description} (primary)`, volume: mirror },
+      {
+        name: options.exportName,
+        description: `${volume.description} (primary)`,
+        volume: mirror,
+        metaContexts: [outOfSyncContext(side.bits, mirror.planner.trackSize, local.size)],
+      },
     ],
-    logger: options.logger,
+    logger,
   });
   await mirror.start();
+  if (mirror.link.state === LinkState.MISCONFIGURED) {
+    await mirror.link.stop();
+    await side.close();
+    await local.close();
+    throw new ConfigError(
+      `configuration error: ${mirror.link.lastError ?? "the remote cannot take the stream"}`,
+    );
+  }
   const listener = await server.listen(options.listen);
   const hostUri = endpointUri(listener.endpoint, options.exportName);
-  options.logger.info(
+  logger.info(
     {
       uri: hostUri,
       remote: options.mirror.remote,
       mode: mirror.mode,
       size: local.size,
       volume: volume.description,
+      metadata: side.path ?? "none",
     },
     "listening",
   );
@@ -55,8 +112,17 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     hostUri,
     volume: volume.description,
     size: local.size,
+    metadata: side.path,
     hostConnections: () => server.connectionCount,
   };
+  const report = (drained: boolean): StopReport => ({
+    inSync:
+      drained && mirror.state === PairState.FULL_DUPLEX && mirror.tracks.outOfSyncTracks === 0,
+    outOfSyncTracks: mirror.tracks.outOfSyncTracks,
+    outOfSyncBytes: mirror.tracks.outOfSyncBytes,
+    metadata: side.path,
+    neverSynced: side.state.fresh,
+  });
   return {
     hostUri,
     mirror,
@@ -75,13 +141,43 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         mirror.link.cut();
         return { link: mirror.link.state };
       },
+      resolve: (body) => {
+        if (body.discard === "local")
+          throw new Error(
+            "to keep the remote's changes and discard this side's: demote this primary (peercopy demote), promote the remote, and start this volume as its secondary; the new primary then resolves with --discard remote",
+          );
+        if (body.discard !== "remote")
+          throw new Error('give discard: "remote" (overwrite the remote\'s changes) or "local"');
+        if (mirror.state !== PairState.SPLIT_BRAIN)
+          throw new Error(`nothing to resolve: the pair is ${mirror.state}`);
+        mirror.resolve(true);
+        return { pairState: mirror.state, discarded: "remote" };
+      },
+      resync: (body) => {
+        const rate = body.rate;
+        if (typeof rate !== "number" || !Number.isFinite(rate) || rate < 0)
+          throw new Error("give rate: bytes per second (0 for no limit)");
+        mirror.resyncProgress.rateLimit = rate;
+        return { rateLimit: rate };
+      },
+      demote: async (body) => {
+        const timeoutMs = typeof body.timeoutMs === "number" ? body.timeoutMs : 30_000;
+        mirror.demoted = true;
+        const drained = await mirror.stop(timeoutMs);
+        await side.update({ role: Role.SECONDARY });
+        const r = report(drained);
+        logger.info(r, "demoted: host writes are refused; restart this volume as a secondary");
+        return { role: "secondary", ...r };
+      },
     },
     async stop(timeoutMs: number) {
       await server.close();
-      const drained = await mirror.stop(timeoutMs);
+      const drained = mirror.demoted ? true : await mirror.stop(timeoutMs);
+      const r = report(drained);
       mirror.lag.close();
+      await side.close();
       await local.close();
-      return drained;
+      return r;
     },
   };
 }

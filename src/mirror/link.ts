@@ -8,6 +8,7 @@ import { NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE } from "../../nbd/constants.js";
 import { NbdClient, connectUri } from "../../nbd/client/index.js";
 import type { Logger } from "../../nbd/logger.js";
 import type { Subtask } from "../sequencer/plan.js";
+import { CONTROL_PAGE_SIZE } from "../pair/control.js";
 
 /** The export description by which a peercopy secondary says it applies writes in order. */
 export const ORDERED_STREAM_DESCRIPTION = "peercopy replication stream (applied in arrival order)";
@@ -28,6 +29,13 @@ export interface LinkEvents {
   /** The link went down; `abandoned` never reached (or never were confirmed by) the secondary. */
   lost(error: Error, abandoned: LinkEntry[]): void;
   connected(): void;
+  /**
+   * Before the link counts as up: the pair decides whether mirroring may start on
+   * this connection. "refuse" closes it and stops reconnecting until retry().
+   */
+  accept(client: NbdClient, ordered: boolean): Promise<"mirror" | "refuse">;
+  /** The remote can never take the stream as configured; reconnecting stops. */
+  misconfigured(error: LinkConfigError): void;
   /** True once every write acknowledged to hosts up to `barrier` is on the secondary. */
   barrierReached(barrier: number): boolean;
 }
@@ -48,8 +56,23 @@ export const LinkState = {
   DOWN: "down",
   CONNECTING: "connecting",
   UP: "up",
+  /** Connected, and the pair refused to mirror over it (split brain, unrelated volumes). */
+  REFUSED: "refused",
+  /** The remote cannot take the stream as configured (read-only, too small). */
+  MISCONFIGURED: "misconfigured",
   STOPPED: "stopped",
 } as const;
+
+/** The remote as configured can never take the replication stream: retrying will not help. */
+export class LinkConfigError extends Error {
+  constructor(
+    readonly code: "EROFS" | "ESIZE",
+    message: string,
+  ) {
+    super(message);
+    this.name = "LinkConfigError";
+  }
+}
 export type LinkState = (typeof LinkState)[keyof typeof LinkState];
 
 const BACKOFF_MIN_MS = 100;
@@ -90,6 +113,19 @@ export class Link {
 
   get remoteUri(): string {
     return this.options.remote;
+  }
+
+  /** The connection while the link is up (for control-page reads and verify). */
+  get connection(): NbdClient | null {
+    return this.state === LinkState.UP ? this.client : null;
+  }
+
+  /** Try again now after a refusal, e.g. once the operator resolved a split brain. */
+  retry(): void {
+    if (this.state !== LinkState.REFUSED && this.state !== LinkState.DOWN) return;
+    clearTimeout(this.retryTimer);
+    this.attempt = 0;
+    void this.connectOnce();
   }
 
   /** Connect now; on failure keep retrying with backoff. Resolves after the first attempt. */
@@ -146,25 +182,36 @@ export class Link {
         client.destroy();
         return;
       }
-      if (client.size < this.options.size) {
-        client.destroy();
-        throw Object.assign(
-          new Error(
-            `the secondary ${remote} has ${client.size} bytes, less than the primary's ${this.options.size}`,
-          ),
-          { code: "ESIZE" },
-        );
-      }
-      if (client.capabilities.readOnly) {
-        client.destroy();
-        throw Object.assign(new Error(`the secondary export at ${remote} is read-only`), {
-          code: "EROFS",
-        });
-      }
       const mode = this.options.ordered ?? "auto";
-      this.ordered =
-        mode === "yes" ||
-        (mode === "auto" && client.negotiated.description === ORDERED_STREAM_DESCRIPTION);
+      const description = client.negotiated.description;
+      const ordered =
+        mode === "yes" || (mode === "auto" && description === ORDERED_STREAM_DESCRIPTION);
+      // A peercopy secondary's replication export ends with its control page.
+      const usable =
+        description === ORDERED_STREAM_DESCRIPTION ? client.size - CONTROL_PAGE_SIZE : client.size;
+      const problem = this.misfit(client, usable, description);
+      if (problem !== undefined) {
+        client.destroy();
+        this.state = LinkState.MISCONFIGURED;
+        this.errors++;
+        this.lastError = problem.message;
+        logger.error(
+          { remote, err: problem.message },
+          "configuration error: the remote cannot take the replication stream",
+        );
+        this.options.events.misconfigured(problem);
+        return;
+      }
+      this.ordered = ordered;
+      if ((await this.options.events.accept(client, ordered)) === "refuse") {
+        client.destroy();
+        if (this.state === LinkState.CONNECTING) this.state = LinkState.REFUSED;
+        return;
+      }
+      if (this.state !== LinkState.CONNECTING) {
+        client.destroy();
+        return;
+      }
       this.client = client;
       client.on("close", (reason) => {
         if (this.client === client && this.state === LinkState.UP)
@@ -183,8 +230,29 @@ export class Link {
     }
   }
 
+  /** Why this remote can never take the stream, if it cannot. */
+  private misfit(
+    client: NbdClient,
+    usable: number,
+    description: string | undefined,
+  ): LinkConfigError | undefined {
+    const { remote, size } = this.options;
+    if (client.capabilities.readOnly) {
+      const hint = description?.includes("(secondary, read-only)")
+        ? `; that is a peercopy secondary's host export: use its replication export, e.g. ${replicationHint(remote)}`
+        : "; give --remote an export that accepts writes";
+      return new LinkConfigError("EROFS", `the remote export ${remote} is read-only${hint}`);
+    }
+    if (usable < size)
+      return new LinkConfigError(
+        "ESIZE",
+        `the remote ${remote} has ${usable} bytes, less than this volume's ${size}; give the secondary a volume of at least ${size} bytes`,
+      );
+    return undefined;
+  }
+
   private scheduleRetry(err: Error): void {
-    if (this.state === LinkState.STOPPED) return;
+    if (this.state !== LinkState.DOWN) return;
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     this.attempt++;
     this.options.logger.warn(
@@ -298,5 +366,15 @@ export class Link {
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
     for (const w of waiters) w();
+  }
+}
+
+function replicationHint(remote: string): string {
+  try {
+    const url = new URL(remote);
+    url.pathname = "/replication";
+    return url.toString();
+  } catch {
+    return "nbd://HOST:PORT/replication";
   }
 }

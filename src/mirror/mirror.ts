@@ -2,14 +2,18 @@
 // or trim becomes a write data task split into track subtasks; the host stage
 // writes each track to the local volume concurrently; completed subtasks go to
 // the sequencer, which hands them to the link in per-task sequence order.
-import { NBD_CMD_FLAG_FUA, NBD_EIO } from "../../nbd/constants.js";
+import { NBD_CMD_FLAG_FUA, NBD_EIO, NBD_EPERM } from "../../nbd/constants.js";
 import { NbdRequestError } from "../../nbd/errors.js";
 import type { Logger } from "../../nbd/logger.js";
 import { Filter } from "../backend/filter.js";
 import type { Backend } from "../backend/types.js";
 import { TaskPlanner, type Subtask, type TaskRequest } from "../sequencer/plan.js";
 import { Sequencer } from "../sequencer/sequencer.js";
-import { Link, LinkEntryKind, type LinkEntry } from "./link.js";
+import type { NbdClient } from "../../nbd/client/index.js";
+import { Link, LinkEntryKind, type LinkConfigError, type LinkEntry } from "./link.js";
+import { divergeFrom } from "../pair/generations.js";
+import { onConnect, onInSync, type ConnectOutcome } from "../pair/handshake.js";
+import { MemorySide, newGeneration, Role, type PairSide } from "../pair/side.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode, PairState, SuspendReason } from "./pair.js";
 import { TaskRun } from "./task-run.js";
 import { TrackState } from "./tracks.js";
@@ -25,6 +29,12 @@ export interface MirrorOptions {
   onLag?: LagPolicy;
   onLinkLoss?: LinkLossPolicy;
   ordered?: "auto" | "yes" | "no";
+  /** Where the out-of-sync bits and the pair record live (default: memory only). */
+  side?: PairSide;
+  /** The operator allows overwriting the remote's own changes (split brain, unrelated). */
+  discardRemote?: boolean;
+  /** Resync rate limit in bytes per second (0: none). */
+  resyncRate?: number;
   logger: Logger;
   now?: () => number;
 }
@@ -40,8 +50,17 @@ export class MirrorFilter extends Filter {
   readonly sequencer: Sequencer<Subtask>;
   readonly link: Link;
   readonly lag: LagTracker;
+  readonly side: PairSide;
   state: PairState = PairState.SIMPLEX;
   suspendReason: SuspendReason | undefined;
+  /** Why the pair is not mirroring when no suspension explains it (split brain, configuration). */
+  stateDetail: string | undefined;
+  /** What the last connection's generation comparison found. */
+  lastConnect: ConnectOutcome | undefined;
+  discardRemote: boolean;
+  /** Host writes are refused (demoted). */
+  demoted = false;
+  private diverging: Promise<void> | undefined;
   hostWriteErrors = 0;
   private readonly runs = new Map<number, TaskRun>();
   /** Runs whose subtasks are not all dispatched: a later task on their tracks waits. */
@@ -65,9 +84,10 @@ export class MirrorFilter extends Filter {
     this.onLinkLoss = options.onLinkLoss ?? LinkLossPolicy.SUSPEND;
     this.now = options.now ?? performance.now.bind(performance);
     this.planner = new TaskPlanner({ trackSize: options.trackSize });
-    this.tracks = new TrackState(local.size, this.planner.trackSize);
-    // Nothing is known of the secondary yet: every track needs the initial copy.
-    this.tracks.markStale(0, this.tracks.trackCount);
+    this.side = options.side ?? new MemorySide(local.size, this.planner.trackSize, Role.PRIMARY);
+    this.discardRemote = options.discardRemote ?? false;
+    // What the remote needs is decided when it is reached (see pair/handshake.ts).
+    this.tracks = new TrackState(local.size, this.planner.trackSize, this.side.bits);
     this.sequencer = new Sequencer<Subtask>({ dispatch: (s) => this.dispatch(s), now: this.now });
     this.lag = new LagTracker(
       this.now,
@@ -86,9 +106,11 @@ export class MirrorFilter extends Filter {
         lost: (err, abandoned) => this.linkLost(err, abandoned),
         connected: () => this.linkUp(),
         barrierReached: (b) => this.watermark >= b,
+        accept: (client, ordered) => this.accept(client, ordered),
+        misconfigured: (err) => this.misconfigured(err),
       },
     });
-    this.resync = new Resync(this, local, this.logger);
+    this.resync = new Resync(this, local, this.logger, options.resyncRate ?? 0);
   }
 
   get mirroring(): boolean {
@@ -165,7 +187,8 @@ export class MirrorFilter extends Filter {
   // --- the host stage ---
 
   private async submit(request: TaskRequest): Promise<void> {
-    if (!this.mirroring) return this.unmirrored(request);
+    if (this.demoted) throw demotedError();
+    if (!this.mirroring) return this.unmirroredWithIntent(request);
     const length = request.kind === "write" ? request.data.length : request.length;
     const gate = this.lag.admit(length);
     if (gate !== undefined) await gate;
@@ -173,7 +196,11 @@ export class MirrorFilter extends Filter {
     if (this.blockerOf(task.firstSeq, task.count) !== undefined) {
       await this.waitForTracks(task.firstSeq, task.count);
     }
+    // Write intent: the tracks count as out of sync after a crash from here on.
+    const intent = this.side.beginWrite(task.firstSeq, task.count);
+    if (intent !== undefined) await intent;
     if (!this.mirroring) {
+      this.side.endWrite(task.firstSeq, task.count);
       this.lag.release(length);
       return this.unmirrored(request);
     }
@@ -211,6 +238,10 @@ export class MirrorFilter extends Filter {
       await blocker.whenDispatched();
       blocker = this.blockerOf(first, count);
     }
+  }
+
+  tracksBusy(first: number, count: number): boolean {
+    return this.blockerOf(first, count) !== undefined;
   }
 
   private blockerOf(first: number, count: number): TaskRun | undefined {
@@ -261,13 +292,32 @@ export class MirrorFilter extends Filter {
       this.settleHost(run, undefined);
   }
 
-  /** While not mirroring, a host write goes to the local volume and marks its tracks. */
+  private async unmirroredWithIntent(request: TaskRequest): Promise<void> {
+    const length = request.kind === "write" ? request.data.length : request.length;
+    const size = this.planner.trackSize;
+    const first = Math.floor(request.offset / size);
+    const count = Math.floor((request.offset + length - 1) / size) - first + 1;
+    const intent = this.side.beginWrite(first, count);
+    if (intent !== undefined) await intent;
+    try {
+      await this.unmirrored(request);
+    } finally {
+      this.side.endWrite(first, count);
+    }
+  }
+
+  /**
+   * While not mirroring, a host write goes to the local volume and marks its tracks.
+   * The caller holds the write intent for the tracks.
+   */
   private async unmirrored(request: TaskRequest): Promise<void> {
     if (this.onLinkLoss === LinkLossPolicy.FAIL && this.suspendReason === SuspendReason.LINK)
       throw new NbdRequestError(
         NBD_EIO,
         "the link to the secondary is down and --on-link-loss is fail",
       );
+    // The first write the remote does not get starts a new generation (DRBD's new current UUID).
+    if (this.side.state.generations.bitmap === 0n) await this.diverge();
     const length = request.kind === "write" ? request.data.length : request.length;
     const size = this.planner.trackSize;
     const first = Math.floor(request.offset / size);
@@ -304,7 +354,7 @@ export class MirrorFilter extends Filter {
   }
 
   private remoteComplete(run: TaskRun): void {
-    this.runs.delete(run.task.taskId);
+    this.retire(run);
     if (run.ackNo !== 0) {
       this.lag.remove(run);
       this.markDone(run.ackNo);
@@ -392,28 +442,90 @@ export class MirrorFilter extends Filter {
       run.remoteLeft -= range.to - range.from;
     }
     run.abandoned = true;
-    this.runs.delete(run.task.taskId);
+    this.retire(run);
     this.undispatched.delete(run);
     run.wakeDispatchWaiters();
     if (run.localLeft === 0) this.localComplete(run);
   }
 
+  /** A run leaves the books: its write intent ends (its tracks are on the remote or marked). */
+  private retire(run: TaskRun): void {
+    if (this.runs.delete(run.task.taskId)) this.side.endWrite(run.task.firstSeq, run.task.count);
+  }
+
+  private diverge(): Promise<void> {
+    this.diverging ??= this.side
+      .update({ generations: divergeFrom(this.side.state.generations, newGeneration()) })
+      .finally(() => (this.diverging = undefined));
+    return this.diverging;
+  }
+
+  private async accept(client: NbdClient, ordered: boolean): Promise<"mirror" | "refuse"> {
+    const found = await onConnect({
+      client,
+      ordered,
+      side: this.side,
+      tracks: this.tracks,
+      discardRemote: this.discardRemote,
+      logger: this.logger,
+    });
+    this.lastConnect = found;
+    const log = {
+      decision: found.decision,
+      localChangedTracks: found.localTracks,
+      remoteChangedTracks: found.remoteTracks,
+      outOfSyncTracks: this.tracks.outOfSyncTracks,
+    };
+    if (found.action === "refuse") {
+      this.logger.error(log, found.reason);
+      this.setState(PairState.SPLIT_BRAIN, undefined, found.reason);
+      return "refuse";
+    }
+    this.logger.info(log, "pair generations compared");
+    if (this.discardRemote) this.discardRemote = false;
+    return "mirror";
+  }
+
+  private misconfigured(err: LinkConfigError): void {
+    this.setState(PairState.SUSPENDED, SuspendReason.CONFIG, err.message);
+  }
+
+  /** Let a refused link try again, overwriting the remote's changes if `discardRemote`. */
+  resolve(discardRemote: boolean): void {
+    this.discardRemote = discardRemote;
+    this.link.retry();
+  }
+
   private linkUp(): void {
-    if (this.state === PairState.SIMPLEX || this.suspendReason === SuspendReason.LINK)
+    if (
+      this.state === PairState.SIMPLEX ||
+      this.state === PairState.SPLIT_BRAIN ||
+      this.suspendReason === SuspendReason.LINK
+    )
       this.startResync();
   }
 
   private startResync(): void {
     if (this.resync.running) return;
     this.setState(PairState.DUPLEX_PENDING, undefined);
-    void this.resync.run().then((complete) => {
-      if (complete && this.state === PairState.DUPLEX_PENDING)
-        this.setState(PairState.FULL_DUPLEX, undefined);
+    void this.resync.run().then(async (complete) => {
+      if (!complete || this.state !== PairState.DUPLEX_PENDING) return;
+      const client = this.link.connection;
+      if (client === null) return;
+      try {
+        await onInSync(client, this.link.ordered, this.side);
+      } catch (err) {
+        // The link failed under the command: the next connection compares again.
+        this.logger.warn({ err: (err as Error).message }, "could not record the pair in sync");
+        return;
+      }
+      if (this.state === PairState.DUPLEX_PENDING) this.setState(PairState.FULL_DUPLEX, undefined);
     });
   }
 
   setState(state: PairState, reason: SuspendReason | undefined, detail?: string): void {
     if (this.state === state && this.suspendReason === reason) return;
+    this.stateDetail = detail;
     this.logger.info(
       { from: this.state, to: state, reason, detail, outOfSyncTracks: this.tracks.outOfSyncTracks },
       "pair state",
@@ -421,4 +533,8 @@ export class MirrorFilter extends Filter {
     this.state = state;
     this.suspendReason = reason;
   }
+}
+
+function demotedError(): NbdRequestError {
+  return new NbdRequestError(NBD_EPERM, "this controller was demoted; it takes no host writes");
 }

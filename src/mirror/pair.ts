@@ -4,10 +4,18 @@ export const PairState = {
   DUPLEX_PENDING: "duplex-pending",
   FULL_DUPLEX: "full-duplex",
   SUSPENDED: "suspended",
+  /** Both sides changed since they last agreed, or the remote did: nothing is copied. */
+  SPLIT_BRAIN: "split-brain",
 } as const;
 export type PairState = (typeof PairState)[keyof typeof PairState];
 
-export const SuspendReason = { OPERATOR: "operator", LINK: "link", LAG: "lag" } as const;
+export const SuspendReason = {
+  OPERATOR: "operator",
+  LINK: "link",
+  LAG: "lag",
+  /** The remote cannot take the stream as configured (read-only, too small). */
+  CONFIG: "config",
+} as const;
 export type SuspendReason = (typeof SuspendReason)[keyof typeof SuspendReason];
 
 export const MirrorMode = { SYNC: "sync", ASYNC: "async" } as const;

@@ -19,6 +19,8 @@ export class Resync {
   copiedBytes = 0;
   zeroTracks = 0;
   startedAt = 0;
+  /** Tracks copied by the last resync that ran to its end (what a restart cost). */
+  lastCopiedTracks: number | null = null;
   private stopped = false;
   private outstanding = new Set<Promise<void>>();
   /** Cached block status: [start, end) pairs of zero ranges within [extentsStart, extentsEnd). */
@@ -27,11 +29,19 @@ export class Resync {
   private extentsEnd = 0;
   private readonly touched = new Set<number>();
 
+  /** Bytes per second the copy may use; 0 for no limit. Changeable while it runs. */
+  rateLimit: number;
+  /** When the next copy may start under the rate limit (performance.now() ms). */
+  private nextSlot = 0;
+
   constructor(
     private readonly mirror: MirrorFilter,
     private readonly local: Backend,
     private readonly logger: Logger,
-  ) {}
+    rateLimit: number,
+  ) {
+    this.rateLimit = rateLimit;
+  }
 
   /** Bytes per second since this resync started. */
   get rate(): number {
@@ -81,6 +91,7 @@ export class Resync {
       while (this.active() && tracks.outOfSyncTracks > 0) {
         for (let t = tracks.nextStale(0); t >= 0 && this.active(); t = tracks.nextStale(t + 1)) {
           if (this.outstanding.size >= WINDOW) await Promise.race(this.outstanding);
+          await this.pace();
           await this.mirror.waitForTracks(t, 1);
           if (!this.active() || !tracks.isStale(t)) continue;
           const copy = this.copyTrack(t);
@@ -90,6 +101,7 @@ export class Resync {
         await Promise.all(this.outstanding);
       }
       const done = this.active() && tracks.outOfSyncTracks === 0;
+      if (done) this.lastCopiedTracks = this.copiedTracks;
       const seconds = ((performance.now() - this.startedAt) / 1000).toFixed(1);
       this.logger.info(
         { copiedTracks: this.copiedTracks, zeroTracks: this.zeroTracks, seconds, complete: done },
@@ -100,6 +112,16 @@ export class Resync {
       clearInterval(progress);
       this.running = false;
     }
+  }
+
+  /** Spaces copies out so that they stay under the rate limit (a token bucket of one track). */
+  private async pace(): Promise<void> {
+    if (this.rateLimit <= 0) return;
+    const now = performance.now();
+    const wait = this.nextSlot - now;
+    this.nextSlot =
+      Math.max(now, this.nextSlot) + (this.mirror.planner.trackSize / this.rateLimit) * 1000;
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
   }
 
   private active(): boolean {
@@ -113,6 +135,10 @@ export class Resync {
     await this.ensureStatus(offset);
     await this.mirror.waitForTracks(track, 1);
     if (!this.active() || !this.mirror.tracks.isStale(track)) return;
+    // Write intent before the bit is cleared: a crash until the remote has the copy re-marks it.
+    const intent = this.mirror.side.beginWrite(track, 1);
+    if (intent !== undefined) await intent;
+    if (this.blockedAfterIntent(track)) return this.mirror.side.endWrite(track, 1);
     // From here to begin() nothing awaits, so no host write can slip in between.
     const zero = this.readsAsZeros(track, offset, length);
     const data = zero ? undefined : Buffer.allocUnsafe(length);
@@ -133,6 +159,11 @@ export class Resync {
         (err: unknown) => this.mirror.localFailed(run, err as Error),
       );
     });
+  }
+
+  /** The track changed hands while the intent was being written: leave it to the next pass. */
+  private blockedAfterIntent(track: number): boolean {
+    return !this.active() || !this.mirror.tracks.isStale(track) || this.mirror.tracksBusy(track, 1);
   }
 
   /** A host write began on these tracks: their cached block status may be stale. */

@@ -3,27 +3,38 @@
 //    (the write-intent part: set before the local write, cleared lazily when the
 //    last of them is acknowledged);
 //  - out of sync: the secondary may hold stale data for the whole track, so only
-//    a full copy of the track (resync) clears it.
+//    a full copy of the track (resync) clears it. These bits live in the pair's
+//    metadata (src/metadata/) when it is kept, so they outlast a restart.
+
+/** One bit per track; the metadata module's bitmap implements it too. */
+export interface StaleBits {
+  readonly outOfSyncTracks: number;
+  readonly outOfSyncBytes: number;
+  markStale(first: number, count: number): void;
+  clearStale(track: number): void;
+  isStale(track: number): boolean;
+  nextStale(from: number): number;
+}
 
 export class TrackState {
   readonly trackCount: number;
   private readonly pending: Uint32Array;
-  private readonly stale: Uint32Array;
-  private staleCount = 0;
   private pendingTracks = 0;
+  readonly bits: StaleBits;
 
   constructor(
     readonly volumeSize: number,
     readonly trackSize: number,
+    bits?: StaleBits,
   ) {
     this.trackCount = Math.ceil(volumeSize / trackSize);
     this.pending = new Uint32Array(this.trackCount);
-    this.stale = new Uint32Array(Math.ceil(this.trackCount / 32));
+    this.bits = bits ?? new MemoryStaleBits(volumeSize, trackSize);
   }
 
-  /** Tracks the secondary may not have: stale ones plus ones with writes in flight. */
+  /** Tracks the secondary may not have. */
   get outOfSyncTracks(): number {
-    return this.staleCount;
+    return this.bits.outOfSyncTracks;
   }
 
   get pendingTrackCount(): number {
@@ -32,11 +43,7 @@ export class TrackState {
 
   /** Bytes covered by stale tracks (the last track may be short). */
   get outOfSyncBytes(): number {
-    let bytes = this.staleCount * this.trackSize;
-    const last = this.trackCount - 1;
-    if (last >= 0 && this.isStale(last))
-      bytes -= this.trackCount * this.trackSize - this.volumeSize;
-    return bytes;
+    return this.bits.outOfSyncBytes;
   }
 
   addPending(first: number, count: number): void {
@@ -52,7 +59,54 @@ export class TrackState {
     const n = (this.pending[track] as number) - 1;
     this.pending[track] = n;
     if (n === 0) this.pendingTracks--;
-    if (abandoned) this.markStale(track, 1);
+    if (abandoned) this.bits.markStale(track, 1);
+  }
+
+  hasPending(track: number): boolean {
+    return (this.pending[track] as number) > 0;
+  }
+
+  markStale(first: number, count: number): void {
+    this.bits.markStale(first, count);
+  }
+
+  clearStale(track: number): void {
+    this.bits.clearStale(track);
+  }
+
+  isStale(track: number): boolean {
+    return this.bits.isStale(track);
+  }
+
+  nextStale(from: number): number {
+    return this.bits.nextStale(from);
+  }
+}
+
+/** The stale bits in memory only (`--metadata none`). */
+export class MemoryStaleBits implements StaleBits {
+  readonly trackCount: number;
+  private readonly stale: Uint32Array;
+  private staleCount = 0;
+
+  constructor(
+    readonly volumeSize: number,
+    readonly trackSize: number,
+  ) {
+    this.trackCount = Math.ceil(volumeSize / trackSize);
+    this.stale = new Uint32Array(Math.ceil(this.trackCount / 32));
+  }
+
+  get outOfSyncTracks(): number {
+    return this.staleCount;
+  }
+
+  get outOfSyncBytes(): number {
+    let bytes = this.staleCount * this.trackSize;
+    const last = this.trackCount - 1;
+    if (last >= 0 && this.isStale(last))
+      bytes -= this.trackCount * this.trackSize - this.volumeSize;
+    return bytes;
   }
 
   markStale(first: number, count: number): void {
