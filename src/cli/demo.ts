@@ -5,6 +5,7 @@ import { startSecondary } from "../controller/secondary.js";
 import { startAdmin } from "../admin/server.js";
 import { MirrorMode } from "../mirror/pair.js";
 import { createLogger } from "./log.js";
+import { stopMessage } from "./pair-options.js";
 import { parseCommandLine, waitForSignal } from "./common.js";
 import { oneOf, parseListen, parseSize } from "./args.js";
 
@@ -84,15 +85,14 @@ Benchmark it:    fio --name=w --ioengine=nbd --uri=${primary.hostUri} --rw=randw
 Watch the pair:  curl -s ${statusUrl}
 Compare sides:   qemu-img compare -f raw -F raw ${primary.hostUri} ${secondary.hostUri}
 
-Press Ctrl-C to stop; the primary drains the link first, so both images end identical.
+Press Ctrl-C to stop; the primary drains the link first, and the last line
+says what the secondary holds.
 `);
   const signal = await waitForSignal();
   process.stdout.write(`\n${signal}: stopping the primary, then the secondary\n`);
-  const drained = await primary.stop(30_000);
+  const report = await primary.stop(30_000);
   await adminServer.close();
   await secondary.stop();
-  process.stdout.write(
-    drained ? "stopped; both images are identical\n" : "stopped before the link drained\n",
-  );
+  process.stdout.write(`${stopMessage(report)}\n`);
   return 0;
 }
