@@ -1,15 +1,72 @@
 // Commands that talk to a running controller's admin API.
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { asUsage, waitForSignal } from "./common.js";
-import { parseDuration, parseListen, UsageError } from "./args.js";
+import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { watch } from "./watch.js";
 
-const OPTIONS = {
+const COMMON = {
   admin: { type: "string" },
-  watch: { type: "boolean", short: "w" },
-  interval: { type: "string" },
   help: { type: "boolean", short: "h" },
-} as const;
+} as const satisfies ParseArgsConfig["options"];
+
+type Values = Record<string, string | boolean | undefined>;
+
+interface Verb {
+  /** Extra options after --admin, as shown in --help. */
+  readonly usage: string;
+  readonly method: "GET" | "POST";
+  readonly options?: ParseArgsConfig["options"];
+  /** The JSON body of the POST, from the parsed options. */
+  readonly body?: (values: Values) => Record<string, unknown>;
+}
+
+const VERBS: Readonly<Record<string, Verb>> = {
+  status: {
+    usage: " [--watch [--interval 1s]]",
+    method: "GET",
+    options: { watch: { type: "boolean", short: "w" }, interval: { type: "string" } },
+  },
+  suspend: { usage: "", method: "POST" },
+  resume: { usage: "", method: "POST" },
+  promote: {
+    usage: " [--force]   (on a secondary's admin port)",
+    method: "POST",
+    options: { force: { type: "boolean" } },
+    body: (v) => ({ force: v.force === true }),
+  },
+  demote: {
+    usage: " [--timeout 30s]   (on a primary's admin port)",
+    method: "POST",
+    options: { timeout: { type: "string" } },
+    body: (v) => ({
+      timeoutMs: parseDuration(typeof v.timeout === "string" ? v.timeout : "30s", "--timeout"),
+    }),
+  },
+  resolve: {
+    usage: " --discard remote|local   (on a primary in split brain)",
+    method: "POST",
+    options: { discard: { type: "string" } },
+    body: (v) => {
+      if (typeof v.discard !== "string")
+        throw new UsageError(
+          "--discard remote|local is required: which side's changes since the split are thrown away",
+        );
+      return { discard: oneOf(v.discard, ["remote", "local"] as const, "--discard") };
+    },
+  },
+  resync: {
+    usage: " --rate RATE   (bytes per second, e.g. 100M; 0 for no limit)",
+    method: "POST",
+    options: { rate: { type: "string" } },
+    body: (v) => {
+      if (typeof v.rate !== "string") throw new UsageError("--rate RATE is required, e.g. 100M");
+      const text = v.rate.replace(/\/s$/, "");
+      return { rate: text === "0" ? 0 : parseSize(text, "--rate") };
+    },
+  },
+};
+
+export const CONTROL_VERBS = Object.keys(VERBS);
 
 function adminBase(value: string | undefined): string {
   const ep = parseListen(value ?? "127.0.0.1:10819", "--admin");
@@ -17,42 +74,55 @@ function adminBase(value: string | undefined): string {
   return `http://${ep.host}:${ep.port}`;
 }
 
-async function call(base: string, method: "GET" | "POST", path: string): Promise<unknown> {
+async function call(
+  base: string,
+  method: "GET" | "POST",
+  path: string,
+  body?: Record<string, unknown>,
+): Promise<unknown> {
   let res: Response;
   try {
-    res = await fetch(`${base}${path}`, { method });
+    res = await fetch(`${base}${path}`, {
+      method,
+      ...(body === undefined
+        ? {}
+        : { body: JSON.stringify(body), headers: { "content-type": "application/json" } }),
+    });
   } catch (err) {
     throw new Error(
       `cannot reach the admin API at ${base}: ${(err as Error).message}; is the controller running with --admin?`,
       { cause: err },
     );
   }
-  const body: unknown = await res.json();
+  const reply: unknown = await res.json();
   if (!res.ok)
-    throw new Error(`${method} ${path}: ${(body as { error?: string }).error ?? res.statusText}`);
-  return body;
+    throw new Error(`${method} ${path}: ${(reply as { error?: string }).error ?? res.statusText}`);
+  return reply;
 }
 
-export function controlCommand(action: string, method: "GET" | "POST") {
+export function controlCommand(action: string) {
+  const verb = VERBS[action];
+  if (verb === undefined) throw new Error(`no control verb ${action}`);
   return async (args: string[]): Promise<number> => {
-    const { values } = asUsage(() => parseArgs({ args, options: OPTIONS, strict: true }));
+    const options = { ...COMMON, ...verb.options };
+    const parsed = asUsage(() => parseArgs({ args, options, strict: true }));
+    const values = parsed.values as Values;
     if (values.help === true) {
-      const extra = action === "status" ? " [--watch [--interval 1s]]" : "";
       process.stdout.write(
-        `usage: peercopy ${action} [--admin HOST:PORT]${extra}   (default 127.0.0.1:10819)\n`,
+        `usage: peercopy ${action} [--admin HOST:PORT]${verb.usage}\n  --admin defaults to 127.0.0.1:10819\n`,
       );
       return 0;
     }
-    const base = adminBase(values.admin);
+    const base = adminBase(values.admin as string | undefined);
     if (values.watch === true) {
-      if (action !== "status") throw new UsageError("--watch goes with peercopy status only");
-      const interval = parseDuration(values.interval ?? "1s", "--interval");
+      const interval = parseDuration((values.interval as string | undefined) ?? "1s", "--interval");
       const stop = waitForSignal().then(() => undefined);
       await watch(() => call(base, "GET", "/status"), interval, stop);
       return 0;
     }
-    const body = await call(base, method, `/${action}`);
-    process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+    const body = verb.body?.(values);
+    const reply = await call(base, verb.method, `/${action}`, body);
+    process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
     return 0;
   };
 }

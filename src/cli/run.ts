@@ -4,6 +4,8 @@ import { primaryCommand } from "./primary.js";
 import { secondaryCommand } from "./secondary.js";
 import { demoCommand } from "./demo.js";
 import { controlCommand } from "./control.js";
+import { MetadataError } from "../metadata/errors.js";
+import { ConfigError } from "../controller/primary.js";
 
 const USAGE = `usage: peercopy <command> [options]
 
@@ -15,6 +17,11 @@ commands:
   demo               a primary and a secondary on loopback over ./var
   status             print a running primary's status (--admin HOST:PORT)
   suspend, resume    stop mirroring / copy the marked tracks and mirror again
+  promote [--force]  make a secondary writable for hosts (failover)
+  demote             stop host writes on a primary, to restart it as a secondary
+  resolve --discard remote|local
+                     end a split brain by throwing one side's changes away
+  resync --rate RATE change the resync rate limit of a running primary
 
 Run "peercopy <command> --help" for the options of a command.`;
 
@@ -25,12 +32,16 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   primary: primaryCommand,
   secondary: secondaryCommand,
   demo: demoCommand,
-  status: controlCommand("status", "GET"),
-  suspend: controlCommand("suspend", "POST"),
-  resume: controlCommand("resume", "POST"),
+  status: controlCommand("status"),
+  suspend: controlCommand("suspend"),
+  resume: controlCommand("resume"),
+  promote: controlCommand("promote"),
+  demote: controlCommand("demote"),
+  resolve: controlCommand("resolve"),
+  resync: controlCommand("resync"),
 };
 
-/** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage error). */
+/** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage or configuration error). */
 export async function run(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
@@ -44,6 +55,12 @@ export async function run(argv: string[]): Promise<number> {
     return await command(rest);
   } catch (err) {
     if (err instanceof UsageError) {
+      process.stderr.write(`peercopy ${name}: ${err.message}\n`);
+      return 2;
+    }
+    // A metadata file that does not fit, or a remote that can never take the
+    // stream: the operator has to change something; retrying would not help.
+    if (err instanceof MetadataError || err instanceof ConfigError) {
       process.stderr.write(`peercopy ${name}: ${err.message}\n`);
       return 2;
     }

@@ -148,8 +148,10 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
           );
         if (body.discard !== "remote")
           throw new Error('give discard: "remote" (overwrite the remote\'s changes) or "local"');
-        if (mirror.state !== PairState.SPLIT_BRAIN)
-          throw new Error(`nothing to resolve: the pair is ${mirror.state}`);
+        if (mirror.link.state !== LinkState.REFUSED)
+          throw new Error(
+            `nothing to resolve: the pair is ${mirror.state} and the link ${mirror.link.state}; resolve ends a split brain or a refused remote`,
+          );
         mirror.resolve(true);
         return { pairState: mirror.state, discarded: "remote" };
       },

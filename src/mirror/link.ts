@@ -8,7 +8,8 @@ import { NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE } from "../../nbd/constants.js";
 import { NbdClient, connectUri } from "../../nbd/client/index.js";
 import type { Logger } from "../../nbd/logger.js";
 import type { Subtask } from "../sequencer/plan.js";
-import { CONTROL_PAGE_SIZE } from "../pair/control.js";
+import { CONTROL_PAGE_SIZE, decodeRecord } from "../pair/control.js";
+import { OUT_OF_SYNC_CONTEXT } from "../pair/handshake.js";
 
 /** The export description by which a peercopy secondary says it applies writes in order. */
 export const ORDERED_STREAM_DESCRIPTION = "peercopy replication stream (applied in arrival order)";
@@ -31,9 +32,10 @@ export interface LinkEvents {
   connected(): void;
   /**
    * Before the link counts as up: the pair decides whether mirroring may start on
-   * this connection. "refuse" closes it and stops reconnecting until retry().
+   * this connection (`controlPage`: the remote is a peercopy secondary with a
+   * pair record). "refuse" closes it and stops reconnecting until retry().
    */
-  accept(client: NbdClient, ordered: boolean): Promise<"mirror" | "refuse">;
+  accept(client: NbdClient, controlPage: boolean): Promise<"mirror" | "refuse">;
   /** The remote can never take the stream as configured; reconnecting stops. */
   misconfigured(error: LinkConfigError): void;
   /** True once every write acknowledged to hosts up to `barrier` is on the secondary. */
@@ -77,10 +79,15 @@ export type LinkState = (typeof LinkState)[keyof typeof LinkState];
 
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
+/** An idle link to a peercopy secondary reads its pair record this often, so the
+ * secondary knows a primary is there and the primary learns of a promotion. */
+const HEARTBEAT_MS = 1000;
 
 export class Link {
   state: LinkState = LinkState.DOWN;
   ordered = false;
+  /** The remote is a peercopy secondary, whose export ends with its control page. */
+  controlPage = false;
   reconnects = 0;
   errors = 0;
   lastError: string | undefined;
@@ -97,6 +104,8 @@ export class Link {
   private retryTimer: NodeJS.Timeout | undefined;
   private attempt = 0;
   private idleWaiters: (() => void)[] = [];
+  private heartbeat: NodeJS.Timeout | undefined;
+  private heartbeatPage: Buffer | undefined;
 
   constructor(private readonly options: LinkOptions) {
     this.maxInFlight = options.maxInFlight ?? 64;
@@ -157,6 +166,7 @@ export class Link {
   async stop(): Promise<void> {
     this.state = LinkState.STOPPED;
     clearTimeout(this.retryTimer);
+    clearInterval(this.heartbeat);
     const client = this.client;
     this.client = null;
     if (client !== null) await client.close().catch(() => undefined);
@@ -177,7 +187,11 @@ export class Link {
     this.state = LinkState.CONNECTING;
     const { logger, remote } = this.options;
     try {
-      const client = await connectUri(remote, { timeoutMs: 5000 });
+      // A peercopy secondary publishes its own marks; other servers ignore the request.
+      const client = await connectUri(remote, {
+        timeoutMs: 5000,
+        metaContexts: [OUT_OF_SYNC_CONTEXT],
+      });
       if (this.state !== LinkState.CONNECTING) {
         client.destroy();
         return;
@@ -187,8 +201,8 @@ export class Link {
       const ordered =
         mode === "yes" || (mode === "auto" && description === ORDERED_STREAM_DESCRIPTION);
       // A peercopy secondary's replication export ends with its control page.
-      const usable =
-        description === ORDERED_STREAM_DESCRIPTION ? client.size - CONTROL_PAGE_SIZE : client.size;
+      const controlPage = description === ORDERED_STREAM_DESCRIPTION;
+      const usable = controlPage ? client.size - CONTROL_PAGE_SIZE : client.size;
       const problem = this.misfit(client, usable, description);
       if (problem !== undefined) {
         client.destroy();
@@ -203,7 +217,8 @@ export class Link {
         return;
       }
       this.ordered = ordered;
-      if ((await this.options.events.accept(client, ordered)) === "refuse") {
+      this.controlPage = controlPage;
+      if ((await this.options.events.accept(client, controlPage)) === "refuse") {
         client.destroy();
         if (this.state === LinkState.CONNECTING) this.state = LinkState.REFUSED;
         return;
@@ -219,6 +234,7 @@ export class Link {
       });
       this.state = LinkState.UP;
       this.attempt = 0;
+      if (controlPage) this.startHeartbeat(client);
       logger.info({ remote, ordered: this.ordered, size: client.size }, "link up");
       this.options.events.connected();
       this.pump();
@@ -228,6 +244,41 @@ export class Link {
       this.state = LinkState.DOWN;
       this.scheduleRetry(err as Error);
     }
+  }
+
+  /**
+   * While the link is idle, read the secondary's pair record once a second: the
+   * secondary then knows a primary is connected (promotion without --force
+   * refuses), and a secondary promoted behind this side's back ends the link,
+   * whose next connection finds the promotion and refuses to mirror.
+   */
+  private startHeartbeat(client: NbdClient): void {
+    clearInterval(this.heartbeat);
+    let sent = this.sentRequests;
+    let busy = false;
+    this.heartbeat = setInterval(() => {
+      if (this.client !== client || this.state !== LinkState.UP) {
+        clearInterval(this.heartbeat);
+        return;
+      }
+      const idle = this.sentRequests === sent && this.inFlight.size === 0;
+      sent = this.sentRequests;
+      if (!idle || busy) return;
+      busy = true;
+      const page = (this.heartbeatPage ??= Buffer.alloc(CONTROL_PAGE_SIZE));
+      client
+        .read(page, client.size - CONTROL_PAGE_SIZE)
+        .then(() => {
+          if (this.client === client && decodeRecord(page).role === "primary")
+            this.fail(new Error("the secondary was promoted: it takes host writes now"));
+        })
+        .catch((err: unknown) => {
+          // A failed read on a live connection is the link failing.
+          if (this.client === client) this.fail(err as Error);
+        })
+        .finally(() => (busy = false));
+    }, HEARTBEAT_MS);
+    this.heartbeat.unref();
   }
 
   /** Why this remote can never take the stream, if it cannot. */

@@ -11,7 +11,7 @@ import { TaskPlanner, type Subtask, type TaskRequest } from "../sequencer/plan.j
 import { Sequencer } from "../sequencer/sequencer.js";
 import type { NbdClient } from "../../nbd/client/index.js";
 import { Link, LinkEntryKind, type LinkConfigError, type LinkEntry } from "./link.js";
-import { divergeFrom } from "../pair/generations.js";
+import { divergeFrom, SyncDecision } from "../pair/generations.js";
 import { onConnect, onInSync, type ConnectOutcome } from "../pair/handshake.js";
 import { MemorySide, newGeneration, Role, type PairSide } from "../pair/side.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode, PairState, SuspendReason } from "./pair.js";
@@ -106,7 +106,7 @@ export class MirrorFilter extends Filter {
         lost: (err, abandoned) => this.linkLost(err, abandoned),
         connected: () => this.linkUp(),
         barrierReached: (b) => this.watermark >= b,
-        accept: (client, ordered) => this.accept(client, ordered),
+        accept: (client, controlPage) => this.accept(client, controlPage),
         misconfigured: (err) => this.misconfigured(err),
       },
     });
@@ -460,10 +460,10 @@ export class MirrorFilter extends Filter {
     return this.diverging;
   }
 
-  private async accept(client: NbdClient, ordered: boolean): Promise<"mirror" | "refuse"> {
+  private async accept(client: NbdClient, controlPage: boolean): Promise<"mirror" | "refuse"> {
     const found = await onConnect({
       client,
-      ordered,
+      controlPage,
       side: this.side,
       tracks: this.tracks,
       discardRemote: this.discardRemote,
@@ -478,7 +478,11 @@ export class MirrorFilter extends Filter {
     };
     if (found.action === "refuse") {
       this.logger.error(log, found.reason);
-      this.setState(PairState.SPLIT_BRAIN, undefined, found.reason);
+      if (found.remote?.role === "primary")
+        this.setState(PairState.SUSPENDED, SuspendReason.PEER_PROMOTED, found.reason);
+      else if (found.decision === SyncDecision.SPLIT_BRAIN)
+        this.setState(PairState.SPLIT_BRAIN, undefined, found.reason);
+      else this.setState(PairState.SUSPENDED, SuspendReason.CONFLICT, found.reason);
       return "refuse";
     }
     this.logger.info(log, "pair generations compared");
@@ -500,7 +504,9 @@ export class MirrorFilter extends Filter {
     if (
       this.state === PairState.SIMPLEX ||
       this.state === PairState.SPLIT_BRAIN ||
-      this.suspendReason === SuspendReason.LINK
+      this.suspendReason === SuspendReason.LINK ||
+      this.suspendReason === SuspendReason.PEER_PROMOTED ||
+      this.suspendReason === SuspendReason.CONFLICT
     )
       this.startResync();
   }
@@ -513,7 +519,7 @@ export class MirrorFilter extends Filter {
       const client = this.link.connection;
       if (client === null) return;
       try {
-        await onInSync(client, this.link.ordered, this.side);
+        await onInSync(client, this.link.controlPage, this.side);
       } catch (err) {
         // The link failed under the command: the next connection compares again.
         this.logger.warn({ err: (err as Error).message }, "could not record the pair in sync");

@@ -15,6 +15,10 @@ export const SuspendReason = {
   LAG: "lag",
   /** The remote cannot take the stream as configured (read-only, too small). */
   CONFIG: "config",
+  /** The remote was promoted: it takes host writes and no longer the stream. */
+  PEER_PROMOTED: "peer-promoted",
+  /** The remote holds writes this side lacks, or another volume: nothing is copied. */
+  CONFLICT: "conflict",
 } as const;
 export type SuspendReason = (typeof SuspendReason)[keyof typeof SuspendReason];
 

@@ -32,7 +32,8 @@ export interface ConnectOutcome {
 
 export interface ConnectOptions {
   readonly client: NbdClient;
-  readonly ordered: boolean;
+  /** The remote is a peercopy secondary: it keeps a pair record in its control page. */
+  readonly controlPage: boolean;
   readonly side: PairSide;
   readonly tracks: TrackState;
   /** The operator's word: the remote's own changes may be overwritten. */
@@ -53,7 +54,7 @@ export function sendControl(client: NbdClient, command: ControlCommand): Promise
 export async function onConnect(o: ConnectOptions): Promise<ConnectOutcome> {
   const { client, side, tracks } = o;
   const localTracks = tracks.outOfSyncTracks;
-  if (!o.ordered) {
+  if (!o.controlPage) {
     // No pair record to compare: a first start copies everything, later ones trust the bitmap.
     if (side.state.fresh) tracks.markStale(0, tracks.trackCount);
     return outcome("mirror", "trusted", undefined, localTracks, 0, "remote keeps no pair record");
@@ -104,9 +105,13 @@ export async function onConnect(o: ConnectOptions): Promise<ConnectOutcome> {
 }
 
 /** The remote now holds this side's current generation. */
-export async function onInSync(client: NbdClient, ordered: boolean, side: PairSide): Promise<void> {
+export async function onInSync(
+  client: NbdClient,
+  controlPage: boolean,
+  side: PairSide,
+): Promise<void> {
   const g = side.state.generations;
-  if (ordered) {
+  if (controlPage) {
     await client.flush();
     await sendControl(client, { op: "in-sync", pairId: side.state.pairId, current: g.current });
   }

@@ -83,8 +83,8 @@ export interface Controller {
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<ControllerExit>;
   /** SIGTERM, and throw (with the log) unless the process exits 0 within timeoutMs. */
   stopClean(timeoutMs?: number): Promise<void>;
-  /** An admin API request (GET without a body, POST with an empty one). */
-  admin(method: "GET" | "POST", path: string): Promise<AdminReply>;
+  /** An admin API request (GET without a body, POST with `body` as JSON, or an empty one). */
+  admin(method: "GET" | "POST", path: string, body?: unknown): Promise<AdminReply>;
 }
 
 export interface Secondary extends Controller {
@@ -300,11 +300,12 @@ async function spawnController(role: Role, args: string[], options: CommonOption
           `${role} did not stop cleanly: ${JSON.stringify(result)} after ${took}\n${log()}`,
         );
     },
-    async admin(method: "GET" | "POST", path: string) {
+    async admin(method: "GET" | "POST", path: string, body?: unknown) {
       if (adminUrl === undefined) throw new Error(`${role} was started without --admin`);
       const res = await fetch(`${adminUrl}${path}`, {
         method,
         signal: AbortSignal.timeout(10_000),
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       });
       return {
         status: res.status,
