@@ -12,6 +12,8 @@ export interface NbdUri {
   /** The path without its leading "/", percent-decoded; "" is the default export. */
   readonly exportName: string;
   readonly tls: boolean;
+  /** The URI's user name (nbds://USER@host/…), the PSK identity as libnbd uses it. */
+  readonly username?: string;
   /** TLS (`tls-*`) and experimental (`x-*`) query parameters, kept verbatim (decoded). */
   readonly params: Readonly<Record<string, string>>;
 }
@@ -110,7 +112,13 @@ export function parseNbdUri(uri: string, options: ParseNbdUriOptions = {}): NbdU
     if (socket !== undefined) fail(`socket= is only valid with nbd+unix, not ${scheme}`);
     endpoint = parseAuthority(authority, fail);
   }
-  return { endpoint, exportName, tls: kind.tls, params: extra };
+  // Only TLS uses the user name (the PSK identity), as in libnbd.
+  const at = kind.tls ? authority.lastIndexOf("@") : -1;
+  const user = at < 0 ? undefined : authority.slice(0, at).split(":")[0];
+  const username = user === undefined || user === "" ? undefined : decode(user, "user name", fail);
+  return username === undefined
+    ? { endpoint, exportName, tls: kind.tls, params: extra }
+    : { endpoint, exportName, tls: kind.tls, username, params: extra };
 }
 
 function parseQuery(query: string, fail: (problem: string) => never): Map<string, string> {
@@ -128,7 +136,7 @@ function parseQuery(query: string, fail: (problem: string) => never): Map<string
 }
 
 function parseAuthority(authority: string, fail: (problem: string) => never): Endpoint {
-  // userinfo only matters for TLS authentication, which is not done here.
+  // userinfo (the PSK user name) is read by parseNbdUri.
   const at = authority.lastIndexOf("@");
   const hostPort = at < 0 ? authority : authority.slice(at + 1);
   let host: string;

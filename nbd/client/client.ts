@@ -24,6 +24,7 @@ import { NbdProtocolError, NbdRequestError } from "../errors.js";
 import type { BlockSizeConstraints, Export, ExportCapabilities, Extent } from "../export.js";
 import { connect, formatEndpoint, type Endpoint } from "../transport.js";
 import { parseNbdUri } from "../uri.js";
+import { clientTlsSpecFromParams, loadClientTls, upgradeClient, type ClientTls } from "../tls.js";
 import { HandshakeChannel } from "./channel.js";
 import { NbdConnection, type ClientLogger } from "./connection.js";
 import { NbdDisconnectedError } from "./errors.js";
@@ -51,6 +52,8 @@ export interface NbdClientOptions {
   readonly blockStatus?: boolean;
   /** Further metadata contexts (e.g. "qemu:dirty-bitmap:b0") for blockStatusOf(). */
   readonly metaContexts?: readonly string[];
+  /** Do TLS (NBD_OPT_STARTTLS first; the session ends if the server refuses it). */
+  readonly tls?: ClientTls;
   /** Bytes the socket may hold unsent before requests wait in the client. Default 1 MiB. */
   readonly sendBufferBytes?: number;
   readonly logger?: ClientLogger;
@@ -100,7 +103,19 @@ export class NbdClient extends EventEmitter<ClientEvents> implements Export {
     options: Omit<NbdClientOptions, "endpoint"> & { readonly endpoint?: Endpoint },
   ): Promise<NbdClient> {
     const timeoutMs = Math.max(1, options.timeoutMs ?? 10_000);
-    const channel = new HandshakeChannel(stream);
+    let channel = new HandshakeChannel(stream);
+    const tls = options.tls;
+    const startTls =
+      tls === undefined
+        ? undefined
+        : async (plain: HandshakeChannel): Promise<HandshakeChannel> => {
+            if (plain.detach().length > 0)
+              throw new NbdProtocolError(
+                "the server sent data after NBD_REP_ACK for NBD_OPT_STARTTLS",
+              );
+            channel = new HandshakeChannel(await upgradeClient(plain.stream, tls));
+            return channel;
+          };
     const timer = setTimeout(() => {
       const where =
         options.endpoint === undefined ? "" : ` with ${formatEndpoint(options.endpoint)}`;
@@ -113,8 +128,9 @@ export class NbdClient extends EventEmitter<ClientEvents> implements Export {
         structuredReplies: options.structuredReplies,
         blockStatus: options.blockStatus,
         metaContexts: options.metaContexts,
+        startTls,
       });
-      return new NbdClient(stream, negotiated, channel.detach(), options);
+      return new NbdClient(channel.stream, negotiated, channel.detach(), options);
     } catch (err) {
       channel.close(err instanceof NbdProtocolError);
       throw err;
@@ -384,6 +400,17 @@ export async function connectUri(
   uri: string,
   options: Omit<NbdClientOptions, "endpoint" | "exportName"> = {},
 ): Promise<NbdClient> {
-  const { endpoint, exportName } = parseNbdUri(uri);
-  return NbdClient.connect({ ...options, endpoint, exportName });
+  const parsed = parseNbdUri(uri, { allowTls: true });
+  const { endpoint, exportName } = parsed;
+  const tls = parsed.tls ? await clientTlsFromUri(parsed) : undefined;
+  return NbdClient.connect({ ...options, endpoint, exportName, tls });
+}
+
+/** The TLS an nbds:// URI asks for, with its files read (libnbd's parameters and userinfo). */
+export function clientTlsFromUri(uri: ReturnType<typeof parseNbdUri>): Promise<ClientTls> {
+  const spec = clientTlsSpecFromParams(uri.params);
+  return loadClientTls(
+    { ...spec, username: spec.username ?? uri.username },
+    uri.endpoint.kind === "tcp" ? uri.endpoint.host : undefined,
+  );
 }

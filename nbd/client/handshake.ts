@@ -14,6 +14,7 @@ import {
   NBD_MAX_STRING,
   NBD_OPT_GO,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_SHUTDOWN,
@@ -48,6 +49,11 @@ export interface NegotiateOptions {
   readonly blockStatus?: boolean;
   /** Further metadata contexts to select with NBD_OPT_SET_META_CONTEXT. */
   readonly metaContexts?: readonly string[];
+  /**
+   * Do TLS: send NBD_OPT_STARTTLS first and, after its NBD_REP_ACK, go on over
+   * the channel this returns (the stream upgraded to TLS).
+   */
+  readonly startTls?: (channel: HandshakeChannel) => Promise<HandshakeChannel>;
 }
 
 export interface NegotiatedExport {
@@ -104,17 +110,40 @@ export async function greet(channel: HandshakeChannel): Promise<number> {
   return flags;
 }
 
-export async function negotiate(
+/**
+ * NBD_OPT_STARTTLS as the first option ("Client-side requirements"): a client
+ * that wants TLS ends the session when the server will not do it.
+ */
+export async function startTls(
   channel: HandshakeChannel,
+  upgrade: (channel: HandshakeChannel) => Promise<HandshakeChannel>,
+): Promise<HandshakeChannel> {
+  const reply = await channel.option(NBD_OPT_STARTTLS, encodeOption(NBD_OPT_STARTTLS));
+  if (isOptionReplyError(reply.type))
+    throw refusal(NBD_OPT_STARTTLS, reply, "the server will not do TLS");
+  if (reply.type !== NBD_REP_ACK) throw unexpected(NBD_OPT_STARTTLS, reply);
+  const next = await upgrade(channel);
+  next.optionHaggling = true;
+  return next;
+}
+
+export async function negotiate(
+  first: HandshakeChannel,
   options: NegotiateOptions,
 ): Promise<NegotiatedExport> {
   const { exportName } = options;
   checkExportName(exportName);
-  const flags = await greet(channel);
+  const flags = await greet(first);
   const noZeroes = (flags & NBD_FLAG_NO_ZEROES) !== 0;
   if ((flags & NBD_FLAG_FIXED_NEWSTYLE) === 0) {
-    return exportNameFallback(channel, exportName, noZeroes, false, new Map(), "newstyle");
+    if (options.startTls !== undefined)
+      throw new NbdHandshakeError(
+        "NBD_NOT_FIXED_NEWSTYLE",
+        "the server is not fixed newstyle, so it cannot do TLS",
+      );
+    return exportNameFallback(first, exportName, noZeroes, false, new Map(), "newstyle");
   }
+  const channel = options.startTls === undefined ? first : await startTls(first, options.startTls);
   const structuredReplies =
     options.structuredReplies !== false && (await requestStructuredReplies(channel));
   const queries = metaContextQueries(options);

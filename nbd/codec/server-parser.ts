@@ -77,7 +77,13 @@ export class ServerParser {
     this.phase = Phase.RequestHeader;
   }
 
-  /** Ignore all further input (after ABORT, DISC or a protocol error). */
+  /** Back to option haggling after a stop for NBD_OPT_STARTTLS: input now comes decrypted. */
+  resumeOptions(): void {
+    this.phase = Phase.OptionHeader;
+    this.scratchFilled = 0;
+  }
+
+  /** Ignore all further input (after ABORT, DISC, STARTTLS or a protocol error). */
   stop(): void {
     this.phase = Phase.Stopped;
     this.pending = null;

@@ -39,17 +39,21 @@ import {
 } from "../codec/server-replies.js";
 import { Negotiation, type NegotiationHost, type SelectedContext } from "./negotiate.js";
 import type { ServedExport } from "./exports.js";
+import { upgradeServer, type ServerTls, type TlsMode, type TlsPeer } from "../tls.js";
 
 export interface ConnectionLimits {
   /** Requests in flight before the connection stops reading. */
   maxInFlight: number;
   /** WRITE payload bytes held before the connection stops reading. */
   maxInFlightBytes: number;
+  /** From accepting a connection to entering transmission (TLS handshake included). */
+  handshakeTimeoutMs: number;
 }
 
 export interface ConnectionOwner {
   readonly logger: Logger;
   readonly limits: ConnectionLimits;
+  readonly tls?: ServerTls;
   findExport(name: string): ServedExport | undefined;
   listExports(): readonly ServedExport[];
   closed(conn: Connection): void;
@@ -85,27 +89,48 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private closing = false;
   private finished = false;
   private drainWaiters: (() => void)[] = [];
+  private stream: Duplex;
+  /** Who the TLS session authenticated; null without TLS. */
+  tlsPeer: TlsPeer | null = null;
 
   constructor(
-    private readonly stream: Duplex,
+    stream: Duplex,
     readonly peer: string,
     private readonly owner: ConnectionOwner,
   ) {
     this.parser = new ServerParser(this);
     this.negotiation = new Negotiation(this);
-    stream.on("data", (chunk: Buffer) => this.parser.push(chunk));
-    stream.on("drain", () => {
-      this.writeBlocked = false;
-      this.updateFlow();
-    });
-    stream.on("error", (err) => {
-      owner.logger.debug({ peer, err }, "connection error");
-      this.finish();
-    });
-    stream.on("close", () => this.finish());
-    stream.on("end", () => this.finish());
+    this.stream = stream;
+    this.attach(stream);
     this.send(encodeGreeting());
   }
+
+  private attach(stream: Duplex): void {
+    stream.on("data", this.onData);
+    stream.on("drain", this.onDrain);
+    stream.on("error", this.onError);
+    stream.on("close", this.onEnd);
+    stream.on("end", this.onEnd);
+  }
+
+  private detach(stream: Duplex): void {
+    stream.off("data", this.onData);
+    stream.off("drain", this.onDrain);
+    stream.off("error", this.onError);
+    stream.off("close", this.onEnd);
+    stream.off("end", this.onEnd);
+  }
+
+  private readonly onData = (chunk: Buffer): void => this.parser.push(chunk);
+  private readonly onDrain = (): void => {
+    this.writeBlocked = false;
+    this.updateFlow();
+  };
+  private readonly onError = (err: Error): void => {
+    this.owner.logger.debug({ peer: this.peer, err }, "connection error");
+    this.finish();
+  };
+  private readonly onEnd = (): void => this.finish();
 
   // --- ServerParserSink ---
 
@@ -167,6 +192,46 @@ export class Connection implements ServerParserSink, NegotiationHost {
     this.parser.gatherPayloads = exp.volume.writev !== undefined;
     this.parser.enterTransmission();
     this.owner.logger.debug({ peer: this.peer, export: exp.name }, "transmission");
+  }
+
+  get tlsMode(): TlsMode {
+    return this.owner.tls?.mode ?? "off";
+  }
+
+  refusal(exp: ServedExport): string | undefined {
+    return exp.authorize?.(this.tlsPeer);
+  }
+
+  startTls(): void {
+    const tls = this.owner.tls as ServerTls;
+    const raw = this.stream;
+    // The ACK (sent just before) must reach the socket ahead of the first TLS
+    // byte, and no input may be read as plain NBD from here on.
+    this.parser.stop();
+    this.detach(raw);
+    if (this.corked) this.uncork();
+    raw.on("error", () => undefined);
+    upgradeServer(raw, tls, this.owner.limits.handshakeTimeoutMs).then(
+      ({ socket, peer }) => {
+        if (this.finished) {
+          socket.destroy();
+          return;
+        }
+        this.stream = socket;
+        this.tlsPeer = peer;
+        this.attach(socket);
+        this.parser.resumeOptions();
+        this.owner.logger.debug(
+          { peer: this.peer, tls: socket.getProtocol(), tlsPeer: peer },
+          "TLS on",
+        );
+      },
+      (err: Error) => {
+        this.owner.logger.warn({ peer: this.peer, err: err.message }, "TLS handshake failed");
+        raw.destroy();
+        this.finish();
+      },
+    );
   }
 
   end(error?: NbdProtocolError): void {

@@ -17,6 +17,7 @@ import type {
   ExportCapabilities,
   MetaContextSource,
 } from "../export.js";
+import type { TlsPeer } from "../tls.js";
 
 /** A volume offered under a name. The empty name is the default export. */
 export interface ServedExport {
@@ -25,6 +26,11 @@ export interface ServedExport {
   readonly volume: Export;
   /** Metadata contexts offered besides base:allocation (which `volume` provides). */
   readonly metaContexts?: readonly MetaContextSource[];
+  /**
+   * Who may use the export: given the session's TLS peer (null without TLS),
+   * the reason to refuse it (sent with NBD_REP_ERR_POLICY), or undefined.
+   */
+  readonly authorize?: (peer: TlsPeer | null) => string | undefined;
 }
 
 export const DEFAULT_BLOCK_SIZES: BlockSizeConstraints = {

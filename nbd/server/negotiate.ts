@@ -14,9 +14,12 @@ import {
   NBD_OPT_LIST,
   NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
@@ -39,6 +42,7 @@ import {
   parseMetaContextRequest,
 } from "../codec/server-options.js";
 import type { MetaContextSource } from "../export.js";
+import type { TlsMode } from "../tls.js";
 import type { ServedExport } from "./exports.js";
 import { DEFAULT_BLOCK_SIZES, transmissionFlags } from "./exports.js";
 
@@ -53,6 +57,11 @@ export interface NegotiationHost {
   begin(exp: ServedExport): void;
   /** End the session (ABORT or a fatal negotiation error). */
   end(error?: NbdProtocolError): void;
+  readonly tlsMode: TlsMode;
+  /** Send NBD_REP_ACK for NBD_OPT_STARTTLS and run the TLS handshake; options resume after it. */
+  startTls(): void;
+  /** Why this session may not use `exp` (its peer is not one the export trusts), or undefined. */
+  refusal(exp: ServedExport): string | undefined;
 }
 
 export class Negotiation {
@@ -62,6 +71,8 @@ export class Negotiation {
   metaContextExport: string | null = null;
   /** What the last NBD_OPT_SET_META_CONTEXT selected. */
   metaContexts: readonly SelectedContext[] = [];
+  /** NBD_OPT_STARTTLS succeeded: everything since is under TLS. */
+  tls = false;
 
   constructor(private readonly host: NegotiationHost) {}
 
@@ -81,6 +92,21 @@ export class Negotiation {
   }
 
   option(option: number, data: Buffer): void {
+    if (option === NBD_OPT_STARTTLS) return this.startTls(data);
+    // FORCEDTLS ("TLS support"): nothing but STARTTLS and ABORT before TLS.
+    if (this.host.tlsMode === "require" && !this.tls && option !== NBD_OPT_ABORT) {
+      if (option === NBD_OPT_EXPORT_NAME)
+        return this.host.end(
+          new NbdProtocolError("NBD_OPT_EXPORT_NAME without TLS; TLS is required"),
+        );
+      return this.host.send(
+        encodeOptionError(
+          option,
+          NBD_REP_ERR_TLS_REQD,
+          "this server requires TLS: send NBD_OPT_STARTTLS first",
+        ),
+      );
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.exportName(data);
@@ -104,11 +130,35 @@ export class Negotiation {
       case NBD_OPT_SET_META_CONTEXT:
         return this.metaContext(option, data);
       default:
-        // Includes NBD_OPT_STARTTLS and NBD_OPT_EXTENDED_HEADERS, not offered yet.
+        // Includes NBD_OPT_EXTENDED_HEADERS, not offered yet.
         return this.host.send(
           encodeOptionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`),
         );
     }
+  }
+
+  private startTls(data: Buffer): void {
+    const option = NBD_OPT_STARTTLS;
+    if (this.host.tlsMode === "off")
+      return this.host.send(
+        encodeOptionError(option, NBD_REP_ERR_UNSUP, "this server is not configured for TLS"),
+      );
+    if (data.length !== 0) return this.invalid(option, "NBD_OPT_STARTTLS takes no data");
+    if (this.tls) return this.invalid(option, "TLS is already on");
+    // "The server MUST NOT preserve any negotiation state" from before STARTTLS.
+    this.tls = true;
+    this.structured = false;
+    this.select(null, []);
+    this.host.send(encodeOptionReply(option, NBD_REP_ACK));
+    this.host.startTls();
+  }
+
+  /** Refuse an export the session's peer may not use: true when refused. */
+  private refused(option: number, exp: ServedExport): boolean {
+    const why = this.host.refusal(exp);
+    if (why === undefined) return false;
+    this.host.send(encodeOptionError(option, NBD_REP_ERR_POLICY, why));
+    return true;
   }
 
   private unknownExport(option: number, name: string): void {
@@ -131,6 +181,11 @@ export class Negotiation {
       );
       return;
     }
+    const why = this.host.refusal(exp);
+    if (why !== undefined) {
+      this.host.end(new NbdProtocolError(`NBD_OPT_EXPORT_NAME refused: ${why}`));
+      return;
+    }
     const flags = transmissionFlags(exp.volume.capabilities, this.structured);
     this.host.send(encodeExportNameReply(exp.volume.size, flags, this.noZeroes));
     this.host.begin(exp);
@@ -143,6 +198,7 @@ export class Negotiation {
     if (exp === undefined) {
       return this.unknownExport(option, request.name);
     }
+    if (this.refused(option, exp)) return;
     const volume = exp.volume;
     this.host.send(
       encodeInfoExport(

@@ -3,22 +3,27 @@ import { listen, type Endpoint, type Listener } from "../transport.js";
 import { silentLogger, type Logger } from "../logger.js";
 import { Connection, type ConnectionLimits, type ConnectionOwner } from "./connection.js";
 import type { ServedExport } from "./exports.js";
+import type { ServerTls } from "../tls.js";
 
 export interface NbdServerOptions {
   exports: readonly ServedExport[];
   logger?: Logger;
   limits?: Partial<ConnectionLimits>;
+  /** Offer NBD_OPT_STARTTLS ("on") or insist on it ("require"); none: no TLS. */
+  tls?: ServerTls;
 }
 
 const DEFAULT_LIMITS: ConnectionLimits = {
   maxInFlight: 256,
   maxInFlightBytes: 128 * 1024 * 1024,
+  handshakeTimeoutMs: 30_000,
 };
 
 /** Serves a fixed set of exports to any number of connections. */
 export class NbdServer implements ConnectionOwner {
   readonly logger: Logger;
   readonly limits: ConnectionLimits;
+  readonly tls: ServerTls | undefined;
   private readonly exports: Map<string, ServedExport>;
   private readonly connections = new Set<Connection>();
   private readonly listeners: Listener[] = [];
@@ -26,6 +31,7 @@ export class NbdServer implements ConnectionOwner {
   constructor(options: NbdServerOptions) {
     this.logger = options.logger ?? silentLogger;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.tls = options.tls;
     this.exports = new Map(options.exports.map((e) => [e.name, e]));
   }
 

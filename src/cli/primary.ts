@@ -1,6 +1,5 @@
 import { startPrimary } from "../controller/primary.js";
 import { startAdmin } from "../admin/server.js";
-import { parseNbdUri } from "../../nbd/uri.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
 import { validateTrackSize } from "../sequencer/plan.js";
 import { createLogger } from "./log.js";
@@ -8,6 +7,7 @@ import { asUsage, openOrUsage, parseCommandLine, waitForSignal } from "./common.
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { parseMetadataArgs, stopMessage } from "./pair-options.js";
+import { checkRemoteUri, parseTlsArgs, TLS_HELP, TLS_OPTIONS } from "./tls-options.js";
 
 const HELP = `usage: peercopy primary IMAGE --remote NBD-URI [options]
 
@@ -15,7 +15,10 @@ The first storage controller: serves hosts and mirrors every write, zero and
 trim to the remote NBD server, track by track, in order.
 
   --remote NBD-URI        the secondary: a peercopy secondary's replication export
-                          (nbd://HOST:PORT/replication) or any NBD server
+                          (nbd://HOST:PORT/replication) or any NBD server; over TLS
+                          nbds://HOST:PORT/replication?tls-certificates=DIR (with
+                          client-cert.pem, client-key.pem) or
+                          nbds://IDENTITY@HOST:PORT/replication?tls-psk-file=FILE
   --mode sync|async       sync: a write is acknowledged once both sides have it
                           (default); async: once the local volume has it
   --track-size SIZE       replication unit, a power of two from 4K to 16M (default 64K)
@@ -36,10 +39,13 @@ trim to the remote NBD server, track by track, in order.
   --discard remote        at a split brain, overwrite the remote's own changes
   --resync-rate RATE      cap the resync, e.g. 100M (bytes per second; default none)
   --admin HOST:PORT       serve GET /status, GET /metrics and POST actions here
-${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}`;
+${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}
+TLS for hosts on --listen:
+${TLS_HELP}`;
 
 const OPTIONS = {
   ...HOST_OPTIONS,
+  ...TLS_OPTIONS,
   remote: { type: "string" },
   mode: { type: "string" },
   "track-size": { type: "string" },
@@ -67,7 +73,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
   if (values.remote === undefined)
     throw new UsageError("--remote NBD-URI is required, e.g. nbd://127.0.0.1:10810/replication");
   const remote = values.remote;
-  asUsage(() => parseNbdUri(remote), "--remote");
+  await checkRemoteUri(remote, "--remote");
   const mode = oneOf(values.mode ?? "sync", Object.values(MirrorMode), "--mode");
   const trackSize =
     values["track-size"] === undefined
@@ -105,6 +111,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
     values["resync-rate"] === undefined
       ? undefined
       : parseSize(values["resync-rate"].replace(/\/s$/, ""), "--resync-rate");
+  const tls = await parseTlsArgs(values);
   const logger = createLogger(host.logLevel);
 
   const primary = await openOrUsage(() =>
@@ -126,6 +133,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
       },
       metadata,
       logger,
+      tls,
     }),
   );
   const adminServer =

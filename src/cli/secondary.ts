@@ -5,6 +5,7 @@ import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { parseListen } from "./args.js";
 import { parseMetadataArgs } from "./pair-options.js";
+import { parseTlsArgs, TLS_HELP, TLS_OPTIONS } from "./tls-options.js";
 
 const HELP = `usage: peercopy secondary IMAGE [options]
 
@@ -18,12 +19,15 @@ ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10810")}
   --admin HOST:PORT           serve GET /status, /metrics and POST /promote here
   --metadata PATH|none        pair record and marks (default IMAGE.pcmeta)
   --init-metadata             discard a metadata file that does not fit this volume
+TLS for the port (host and replication exports):
+${TLS_HELP}
 
-The replication export has no authentication yet: anyone who can reach the
-port can write to it. Bind it to loopback or a private network.`;
+Without TLS the replication export has no authentication: anyone who can reach
+the port can write to it. Bind it to loopback or a private network.`;
 
 const OPTIONS = {
   ...HOST_OPTIONS,
+  ...TLS_OPTIONS,
   "replication-export": { type: "string" },
   admin: { type: "string" },
   metadata: { type: "string" },
@@ -39,6 +43,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
   const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10810");
   const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
+  const tls = await parseTlsArgs(values);
   const logger = createLogger(host.logLevel);
   const secondary = await openOrUsage(() =>
     startSecondary({
@@ -48,6 +53,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
       replicationExport: values["replication-export"] ?? "replication",
       metadata: parseMetadataArgs(values),
       logger,
+      tls,
     }),
   );
   const adminServer =

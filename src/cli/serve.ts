@@ -3,6 +3,7 @@ import { openVolume } from "../volume.js";
 import { createLogger } from "./log.js";
 import { endpointUri, openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
+import { parseTlsArgs, TLS_HELP, TLS_OPTIONS, tlsUri } from "./tls-options.js";
 
 const HELP = `usage: peercopy serve IMAGE [options]
        peercopy serve --memory SIZE [options]
@@ -11,10 +12,11 @@ Serve one volume (file, block device or RAM) over NBD until SIGINT or SIGTERM.
 
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}
   --read-only         refuse writes
+${TLS_HELP}
 
 Sizes take K, M, G or T suffixes (powers of 1024).`;
 
-const OPTIONS = { ...HOST_OPTIONS, "read-only": { type: "boolean" } } as const;
+const OPTIONS = { ...HOST_OPTIONS, ...TLS_OPTIONS, "read-only": { type: "boolean" } } as const;
 
 export async function serveCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(
@@ -24,19 +26,22 @@ export async function serveCommand(args: string[]): Promise<number> {
   if (parsed === undefined) return 0;
   const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10809", values["read-only"] === true);
+  const tls = await parseTlsArgs(values);
   const logger = createLogger(host.logLevel);
   const volume = await openOrUsage(() => openVolume(host.volume));
   for (const warning of volume.warnings) logger.warn(warning);
   const server = new NbdServer({
     exports: [{ name: host.exportName, description: volume.description, volume: volume.backend }],
     logger,
+    tls,
   });
   const listener = await server.listen(host.listen);
   logger.info(
     {
-      uri: endpointUri(listener.endpoint, host.exportName),
+      uri: tlsUri(endpointUri(listener.endpoint, host.exportName), tls),
       size: volume.backend.size,
       volume: volume.description,
+      tls: tls === undefined ? "off" : `${tls.mode} (${tls.kind})`,
     },
     "listening",
   );

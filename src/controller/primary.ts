@@ -2,6 +2,7 @@
 import { NbdServer } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
+import type { ServerTls } from "../../nbd/tls.js";
 import { MirrorFilter, type MirrorOptions } from "../mirror/mirror.js";
 import { LinkState } from "../mirror/link.js";
 import { PairState, SuspendReason } from "../mirror/pair.js";
@@ -20,6 +21,8 @@ export interface PrimaryOptions {
   mirror: Omit<MirrorOptions, "logger" | "side">;
   metadata?: MetadataSpec;
   logger: Logger;
+  /** TLS on the NBD port. */
+  tls?: ServerTls;
 }
 
 /** The remote as configured can never take the stream: a configuration error, exit 2. */
@@ -84,6 +87,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
       },
     ],
     logger,
+    tls: options.tls,
   });
   await mirror.start();
   if (mirror.link.state === LinkState.MISCONFIGURED) {

@@ -5,6 +5,7 @@
 import { NbdServer } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
+import type { ServerTls } from "../../nbd/tls.js";
 import { OrderedFilter } from "../backend/ordered.js";
 import { ORDERED_STREAM_DESCRIPTION } from "../mirror/link.js";
 import { openVolume, type VolumeSpec } from "../volume.js";
@@ -25,6 +26,8 @@ export interface SecondaryOptions {
   metadata?: MetadataSpec;
   trackSize?: number;
   logger: Logger;
+  /** TLS on the NBD port: the host export and the replication export. */
+  tls?: ServerTls;
 }
 
 /** A primary counts as connected while it sent anything this recently (its link pings every second). */
@@ -124,6 +127,7 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
       },
     ],
     logger,
+    tls: options.tls,
   });
   const listener = await server.listen(options.listen);
   const hostUri = endpointUri(listener.endpoint, options.exportName);

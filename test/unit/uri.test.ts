@@ -64,6 +64,13 @@ describe("parseNbdUri", () => {
     expect(tls.params).toEqual({ "tls-verify-peer": "0" });
   });
 
+  it("takes the PSK user name from nbds://USER@host, as libnbd does", () => {
+    const uri = parseNbdUri("nbds://al%69ce@h:1/e?tls-psk-file=k.psk", { allowTls: true });
+    expect(uri.username).toBe("alice");
+    expect(uri.endpoint).toEqual({ kind: "tcp", host: "h", port: 1 });
+    expect(parseNbdUri("nbd://bob@h/e").username).toBeUndefined();
+  });
+
   it.each([
     ["http://example.com/", /unknown scheme "http"/],
     ["nbd+vsock:///", /AF_VSOCK/],
