@@ -2,87 +2,31 @@
 // primary (sync mode) through nbdfuse and a loop device; after a clean stop of
 // both controllers the secondary's image is byte-identical to the primary's,
 // passes e2fsck, and holds every file intact.
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   cleanupControllers,
   controllerTempDir,
-  sleep,
   startPair,
   type Primary,
   type Secondary,
 } from "../helpers/controllers.js";
-import { describeRun, requireRootDevices, requireTools, run, runOk } from "../helpers/tools.js";
+import {
+  attachExport,
+  isMounted,
+  mountToolsReady,
+  sha256,
+  Teardown,
+  umount,
+} from "../helpers/mount.js";
+import { describeRun, requireTools, run, runOk } from "../helpers/tools.js";
 
-const ready =
-  requireTools(
-    "nbdfuse",
-    "fusermount3",
-    "losetup",
-    "mkfs.ext4",
-    "e2fsck",
-    "mount",
-    "umount",
-    "cmp",
-  ) && requireRootDevices("/dev/fuse", "/dev/loop-control");
+const ready = mountToolsReady() && requireTools("cmp");
 
 const MiB = 1024 * 1024;
 const IMAGE_SIZE = 256 * MiB;
-
-async function isMounted(path: string): Promise<boolean> {
-  const mounts = await readFile("/proc/self/mounts", "utf8");
-  return mounts.split("\n").some((line) => line.split(" ")[1] === path);
-}
-
-function sha256(data: Buffer): string {
-  return createHash("sha256").update(data).digest("hex");
-}
-
-/** Undo steps run in reverse order; every one is tried and failures are collected. */
-class Teardown {
-  private readonly steps: { what: string; undo: () => Promise<unknown> }[] = [];
-  push(what: string, undo: () => Promise<unknown>): void {
-    this.steps.push({ what, undo });
-  }
-  /** Run the most recent step now (the normal path), leaving the rest. */
-  async popNow(): Promise<void> {
-    const step = this.steps.pop();
-    if (step !== undefined) await step.undo();
-  }
-  async runAll(): Promise<string[]> {
-    const errors: string[] = [];
-    for (let step = this.steps.pop(); step !== undefined; step = this.steps.pop()) {
-      try {
-        await step.undo();
-      } catch (err) {
-        errors.push(`${step.what}: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
-    return errors;
-  }
-}
-
-async function umount(path: string): Promise<void> {
-  if (!(await isMounted(path))) return;
-  const result = await run("umount", [path]);
-  if (result.exitCode !== 0) await runOk("umount", ["-l", path]);
-}
-
-async function unmountFuse(file: string, fuse: ResultPromise): Promise<void> {
-  // The loop device lets go of the file asynchronously: retry briefly (5 s).
-  for (let attempt = 0; await isMounted(file); attempt++) {
-    const result = await run("fusermount3", ["-u", file]);
-    if (result.exitCode === 0) break;
-    if (attempt >= 20) throw new Error(describeRun(result));
-    await sleep(250);
-  }
-  const timer = setTimeout(() => fuse.kill("SIGKILL"), 10_000);
-  await fuse;
-  clearTimeout(timer);
-}
 
 describe.skipIf(!ready)("ext4 through a sync mirror (peercopy secondary)", () => {
   const teardown = new Teardown();
@@ -111,24 +55,9 @@ describe.skipIf(!ready)("ext4 through a sync mirror (peercopy secondary)", () =>
 
   it("mkfs, mount and write files on the primary; fsck is clean", async () => {
     const { p } = pair();
-    const fuseFile = join(dir, "disk");
     const mnt = join(dir, "mnt");
     await mkdir(mnt);
-    await writeFile(fuseFile, ""); // nbdfuse mounts over a regular file
-    const fuse = execa("nbdfuse", [fuseFile, p.uri], { reject: false, stdin: "ignore" });
-    let ended = false;
-    void fuse.then(() => (ended = true));
-    teardown.push("nbdfuse", () => unmountFuse(fuseFile, fuse));
-    // The FUSE file takes a moment to show the export's size. Bounded: 20 s.
-    const deadline = Date.now() + 20_000;
-    while ((await stat(fuseFile)).size !== IMAGE_SIZE) {
-      if (ended || Date.now() > deadline)
-        throw new Error(`nbdfuse did not present ${fuseFile}: ${String((await fuse).stderr)}`);
-      await sleep(100);
-    }
-    const loop = (await runOk("losetup", ["-f", "--show", fuseFile])).stdout.trim();
-    expect(loop).toMatch(/^\/dev\/loop\d+$/);
-    teardown.push("losetup -d", () => runOk("losetup", ["-d", loop]));
+    const loop = await attachExport(p.uri, join(dir, "disk"), IMAGE_SIZE, teardown);
 
     await runOk("mkfs.ext4", ["-q", loop], { timeoutMs: 60_000 });
     await runOk("mount", ["-t", "ext4", loop, mnt]);
