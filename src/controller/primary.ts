@@ -170,8 +170,9 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         const timeoutMs = typeof body.timeoutMs === "number" ? body.timeoutMs : 30_000;
         mirror.demoted = true;
         const drained = await mirror.stop(timeoutMs);
-        await side.update({ role: Role.SECONDARY });
         const r = report(drained);
+        await side.update({ role: Role.SECONDARY });
+        mirror.setState(PairState.SIMPLEX, undefined, "demoted: restart this volume as a secondary");
         logger.info(r, "demoted: host writes are refused; restart this volume as a secondary");
         return { role: "secondary", ...r };
       },

@@ -71,6 +71,8 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
       "this volume was a primary; it becomes a secondary and keeps its marks for the resync",
     );
   const promoted = { value: false };
+  /** The primary's clean stop, as it said it: promotion need not wait for its silence. */
+  let released: { at: number; inSync: boolean } | undefined;
   if (side.state.role !== Role.SECONDARY) await side.update({ role: Role.SECONDARY });
   const host = new HostGate(local, side, trackSize);
 
@@ -86,6 +88,17 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
   });
   const command = async (c: ControlCommand): Promise<void> => {
     if (promoted.value) throw new PromoteRefused("this controller was promoted");
+    if (c.op === "release") {
+      released = { at: performance.now(), inSync: c.inSync && c.pairId === side.state.pairId };
+      logger.info(
+        { inSync: released.inSync },
+        released.inSync
+          ? "the primary stopped cleanly with this side in sync"
+          : "the primary stopped cleanly; this side may lack some of its writes",
+      );
+      return;
+    }
+    released = undefined;
     if (c.op === "begin-resync") {
       await side.update({ pairId: c.pairId, inconsistent: true });
       logger.info({ tracks: c.tracks, pairId: c.pairId }, "resync from the primary started");
@@ -142,10 +155,16 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
     },
     "listening",
   );
-  const primarySeenMsAgo = (): number | null =>
-    replication.lastRequestAt === 0
-      ? null
-      : Math.round(performance.now() - replication.lastRequestAt);
+  // The release command is the primary's last request; anything later is a new primary.
+  const releasedInSync = (): boolean | undefined =>
+    released !== undefined && replication.lastRequestAt <= released.at
+      ? released.inSync
+      : undefined;
+  const primarySeenMsAgo = (): number | null => {
+    const last = replication.lastRequestAt;
+    if (last === 0 || releasedInSync() !== undefined) return null;
+    return Math.round(performance.now() - last);
+  };
 
   async function promote(force: boolean): Promise<void> {
     if (promoted.value) return;
@@ -175,6 +194,7 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
         force,
         generation: hex(side.state.generations.current),
         from: hex(side.state.generations.bitmap),
+        primaryStoppedInSync: releasedInSync() ?? null,
       },
       "promoted: hosts may write; changes are recorded for the failback",
     );
@@ -198,6 +218,8 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
       replicationUri,
       connections: server.connectionCount,
       primarySeenMsAgo: primarySeenMsAgo(),
+      /** Whether the primary stopped cleanly in sync; null without a clean stop since its last request. */
+      primaryStoppedInSync: releasedInSync() ?? null,
       trackSize,
       metadata: side.path ?? null,
       outOfSync: { tracks: side.bits.outOfSyncTracks, bytes: side.bits.outOfSyncBytes },
@@ -211,8 +233,13 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
     }),
     actions: {
       promote: async (body) => {
+        const stoppedInSync = releasedInSync() ?? null;
         await promote(body.force === true);
-        return { role: "primary", generation: hex(side.state.generations.current) };
+        return {
+          role: "primary",
+          generation: hex(side.state.generations.current),
+          primaryStoppedInSync: stoppedInSync,
+        };
       },
     },
     async stop() {

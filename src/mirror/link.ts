@@ -173,6 +173,11 @@ export class Link {
     this.wakeIdle();
   }
 
+  /** No more idle reads of the pair record on this connection (it is about to be released). */
+  stopHeartbeat(): void {
+    clearInterval(this.heartbeat);
+  }
+
   /** Drop the connection as a link failure would (operator action, tests, fault injection). */
   cut(reason = "link cut by operator"): void {
     this.fail(Object.assign(new Error(reason), { code: "ELINKCUT" }));

@@ -10,9 +10,9 @@ import type { Backend } from "../backend/types.js";
 import { TaskPlanner, type Subtask, type TaskRequest } from "../sequencer/plan.js";
 import { Sequencer } from "../sequencer/sequencer.js";
 import type { NbdClient } from "../../nbd/client/index.js";
-import { Link, LinkEntryKind, type LinkConfigError, type LinkEntry } from "./link.js";
+import { Link, LinkEntryKind, LinkState, type LinkConfigError, type LinkEntry } from "./link.js";
 import { divergeFrom, SyncDecision } from "../pair/generations.js";
-import { onConnect, onInSync, type ConnectOutcome } from "../pair/handshake.js";
+import { onConnect, onInSync, onRelease, type ConnectOutcome } from "../pair/handshake.js";
 import { MemorySide, newGeneration, Role, type PairSide } from "../pair/side.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode, PairState, SuspendReason } from "./pair.js";
 import { TaskRun } from "./task-run.js";
@@ -143,7 +143,7 @@ export class MirrorFilter extends Filter {
    * down the link in stream order.
    */
   override async flush(): Promise<void> {
-    if (!this.mirroring) return this.next.flush();
+    if (!this.mirroring || this.link.state === LinkState.STOPPED) return this.next.flush();
     const remote = this.remoteFlush();
     await this.next.flush();
     if (this.mode === MirrorMode.SYNC) await remote;
@@ -180,8 +180,29 @@ export class MirrorFilter extends Filter {
       if (drained && this.mirroring) await this.remoteFlush();
     }
     await this.next.flush();
+    const inSync =
+      drained &&
+      this.link.queued === 0 &&
+      this.state === PairState.FULL_DUPLEX &&
+      this.tracks.outOfSyncTracks === 0;
+    await this.release(inSync);
     await this.link.stop();
     return drained && this.link.queued === 0;
+  }
+
+  /** Tell a peercopy secondary this primary lets go, so it can be promoted without waiting. */
+  private async release(inSync: boolean): Promise<void> {
+    const client = this.link.connection;
+    if (client === null || this.link.state !== "up" || !this.link.controlPage) return;
+    this.link.stopHeartbeat();
+    try {
+      await onRelease(client, this.side, inSync);
+    } catch (err) {
+      this.logger.warn(
+        { err: (err as Error).message },
+        "could not tell the secondary this primary stopped; promoting it will wait for the primary's silence",
+      );
+    }
   }
 
   // --- the host stage ---

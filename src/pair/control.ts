@@ -24,7 +24,9 @@ export interface PairRecord extends SideGenerations {
 
 export type ControlCommand =
   | { readonly op: "begin-resync"; readonly pairId: string; readonly tracks: number }
-  | { readonly op: "in-sync"; readonly pairId: string; readonly current: bigint };
+  | { readonly op: "in-sync"; readonly pairId: string; readonly current: bigint }
+  /** A clean stop or a demotion: the primary lets go, and says whether it was in sync. */
+  | { readonly op: "release"; readonly pairId: string; readonly inSync: boolean };
 
 export function encodeRecord(r: PairRecord): Buffer {
   const page = Buffer.alloc(CONTROL_PAGE_SIZE);
@@ -88,6 +90,7 @@ export function decodeCommand(page: Buffer): ControlCommand {
   if (j.op === "begin-resync")
     return { op: "begin-resync", pairId, tracks: typeof j.tracks === "number" ? j.tracks : 0 };
   if (j.op === "in-sync") return { op: "in-sync", pairId, current: parseHex(j.current) };
+  if (j.op === "release") return { op: "release", pairId, inSync: j.inSync === true };
   throw new Error(`unknown control command ${JSON.stringify(j.op)}`);
 }
 

@@ -110,12 +110,20 @@ export async function onInSync(
   controlPage: boolean,
   side: PairSide,
 ): Promise<void> {
+  // The resync's clears reach the metadata first: a crash from here on must not
+  // find the tracks just copied still marked (clears are otherwise written lazily).
+  await side.flushBits();
   const g = side.state.generations;
   if (controlPage) {
     await client.flush();
     await sendControl(client, { op: "in-sync", pairId: side.state.pairId, current: g.current });
   }
   await side.update({ generations: afterResync(g), fresh: false });
+}
+
+/** A clean stop or a demotion: the secondary may be promoted at once, and knows whether it is whole. */
+export async function onRelease(client: NbdClient, side: PairSide, inSync: boolean): Promise<void> {
+  await sendControl(client, { op: "release", pairId: side.state.pairId, inSync });
 }
 
 async function addRemoteMarks(
