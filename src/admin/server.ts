@@ -83,7 +83,7 @@ export class AdminServer {
     const visit = (prefix: string, value: unknown): void => {
       if (typeof value === "number") this.gauge(prefix).set(value);
       else if (typeof value === "boolean") this.gauge(prefix).set(value ? 1 : 0);
-      else if (typeof value === "object" && value !== null)
+      else if (typeof value === "object" && value !== null && !Array.isArray(value))
         for (const [k, v] of Object.entries(value)) visit(`${prefix}_${snake(k)}`, v);
     };
     const status = this.options.status();

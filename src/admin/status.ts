@@ -14,6 +14,7 @@ export interface ControllerInfo {
 export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<string, unknown> {
   const seq = m.sequencer.stats();
   const resync = m.resyncProgress;
+  const verify = m.verify;
   return {
     role: info.role,
     mode: m.mode,
@@ -85,6 +86,17 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
       etaSeconds: resync.eta === undefined ? null : Math.round(resync.eta),
       rateLimit: resync.rateLimit,
       lastCopiedTracks: resync.lastCopiedTracks,
+    },
+    verify: {
+      running: verify.running,
+      method: verify.running ? verify.method : (verify.last?.method ?? null),
+      totalTracks: verify.totalTracks,
+      checkedTracks: verify.checkedTracks,
+      differingTracks: verify.differingTracks,
+      bytesPerSecond: verify.running ? Math.round(verify.rate) : 0,
+      etaSeconds: verify.running && verify.eta !== undefined ? Math.round(verify.eta) : null,
+      rateLimit: verify.rateLimit,
+      last: verify.last,
     },
     errors: { hostWrites: m.hostWriteErrors, link: m.link.errors },
   };

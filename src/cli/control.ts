@@ -18,6 +18,13 @@ interface Verb {
   readonly options?: ParseArgsConfig["options"];
   /** The JSON body of the POST, from the parsed options. */
   readonly body?: (values: Values) => Record<string, unknown>;
+  /** After the reply was printed: follow up (e.g. wait for the end); returns the exit code. */
+  readonly then?: (base: string, values: Values) => Promise<number>;
+}
+
+function rateOption(text: string, flag: string): number {
+  const bare = text.replace(/\/s$/, "");
+  return bare === "0" ? 0 : parseSize(bare, flag);
 }
 
 const VERBS: Readonly<Record<string, Verb>> = {
@@ -60,11 +67,62 @@ const VERBS: Readonly<Record<string, Verb>> = {
     options: { rate: { type: "string" } },
     body: (v) => {
       if (typeof v.rate !== "string") throw new UsageError("--rate RATE is required, e.g. 100M");
-      const text = v.rate.replace(/\/s$/, "");
-      return { rate: text === "0" ? 0 : parseSize(text, "--rate") };
+      return { rate: rateOption(v.rate, "--rate") };
     },
   },
+  verify: {
+    usage:
+      " [--no-resync] [--rate RATE] [--wait]   (on a primary; --wait exits 1 if tracks differ)",
+    method: "POST",
+    options: {
+      "no-resync": { type: "boolean" },
+      rate: { type: "string" },
+      wait: { type: "boolean" },
+    },
+    body: (v) => ({
+      resync: v["no-resync"] !== true,
+      rate: typeof v.rate === "string" ? rateOption(v.rate, "--rate") : 0,
+    }),
+    then: async (base, v) => (v.wait === true ? waitForVerify(base) : 0),
+  },
 };
+
+interface VerifyStatus {
+  readonly verify?: {
+    readonly running: boolean;
+    readonly checkedTracks: number;
+    readonly totalTracks: number;
+    readonly last: {
+      readonly complete: boolean;
+      readonly stoppedBecause: string | null;
+      readonly differingTracks: number;
+      readonly busyTracks: number;
+    } | null;
+  };
+}
+
+/** Polls the status until the verify ends; prints its result. 0: no differences found. */
+async function waitForVerify(base: string): Promise<number> {
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 500));
+    const s = (await call(base, "GET", "/status")) as VerifyStatus;
+    const v = s.verify;
+    if (v === undefined) throw new Error("this controller reports no verify");
+    if (v.running) continue;
+    const last = v.last;
+    if (last === null) throw new Error("the verify ended without a result");
+    process.stdout.write(`${JSON.stringify(last, null, 2)}\n`);
+    if (!last.complete) {
+      process.stderr.write(`verify stopped before the end: ${last.stoppedBecause ?? "unknown"}\n`);
+      return 1;
+    }
+    if (last.differingTracks > 0) {
+      process.stderr.write(`verify: ${last.differingTracks} tracks differ on the secondary\n`);
+      return 1;
+    }
+    return 0;
+  }
+}
 
 export const CONTROL_VERBS = Object.keys(VERBS);
 
@@ -123,6 +181,6 @@ export function controlCommand(action: string) {
     const body = verb.body?.(values);
     const reply = await call(base, verb.method, `/${action}`, body);
     process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
-    return 0;
+    return verb.then === undefined ? 0 : verb.then(base, values);
   };
 }

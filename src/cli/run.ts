@@ -22,6 +22,8 @@ commands:
   resolve --discard remote|local
                      end a split brain by throwing one side's changes away
   resync --rate RATE change the resync rate limit of a running primary
+  verify [--no-resync] [--wait]
+                     compare both sides track by track while hosts write
 
 Run "peercopy <command> --help" for the options of a command.`;
 
@@ -39,6 +41,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   demote: controlCommand("demote"),
   resolve: controlCommand("resolve"),
   resync: controlCommand("resync"),
+  verify: controlCommand("verify"),
 };
 
 /** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage or configuration error). */

@@ -124,12 +124,18 @@ function progressText(p: Json): string {
   const rate = num(p.bytesPerSecond);
   const limit = num(p.rateLimit);
   const limitText = limit === undefined || limit === 0 ? "" : `, limit ${bytes(limit)}/s`;
+  const differ = num(p.differingTracks);
+  const differText = differ === undefined ? "" : `, ${differ} differ`;
   if (p.running !== true) {
     if (total === 0) return `idle${limitText}`;
-    return `idle; the last one did ${done}/${total} tracks${limitText}`;
+    const last = obj(p.last);
+    const busy = num(last.busyTracks) ?? 0;
+    const busyText = busy === 0 ? "" : `, ${plural(busy, "track")} kept busy by writes`;
+    const ended = last.complete === false ? " (stopped early)" : "";
+    return `idle; the last one did ${done}/${total} tracks${differText}${busyText}${ended}${limitText}`;
   }
   const pct = total === 0 ? 100 : Math.floor((done / total) * 100);
-  const parts = [`${pct}% (${done}/${total} tracks)`];
+  const parts = [`${pct}% (${done}/${total} tracks)${differText}`];
   if (rate !== undefined) parts.push(`${bytes(rate)}/s`);
   const eta = num(p.etaSeconds);
   parts.push(eta === undefined ? "ETA unknown" : `ETA ${duration(eta)}`);

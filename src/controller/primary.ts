@@ -10,6 +10,7 @@ import { openVolume, type VolumeSpec } from "../volume.js";
 import { endpointUri } from "../cli/common.js";
 import { primaryStatus } from "../admin/status.js";
 import { outOfSyncContext } from "../pair/marks.js";
+import { checksumContext } from "../pair/checksums.js";
 import { openSide, type MetadataSpec } from "../pair/open-side.js";
 import { Role } from "../pair/side.js";
 import { DEFAULT_TRACK_SIZE } from "../sequencer/plan.js";
@@ -83,7 +84,10 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         name: options.exportName,
         description: `${volume.description} (primary)`,
         volume: mirror,
-        metaContexts: [outOfSyncContext(side.bits, mirror.planner.trackSize, local.size)],
+        metaContexts: [
+          outOfSyncContext(side.bits, mirror.planner.trackSize, local.size),
+          checksumContext(local, mirror.planner.trackSize),
+        ],
       },
     ],
     logger,
@@ -159,6 +163,15 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         mirror.resolve(true);
         return { pairState: mirror.state, discarded: "remote" };
       },
+      verify: (body) => {
+        const rate = body.rate ?? 0;
+        if (typeof rate !== "number" || !Number.isFinite(rate) || rate < 0)
+          throw new Error("give rate: bytes per second of volume compared (0 for no limit)");
+        if (body.resync !== undefined && typeof body.resync !== "boolean")
+          throw new Error("give resync: true (copy the differing tracks, the default) or false");
+        const started = mirror.verify.start({ resync: body.resync !== false, rateLimit: rate });
+        return { verify: "started", ...started, resync: body.resync !== false, rateLimit: rate };
+      },
       resync: (body) => {
         const rate = body.rate;
         if (typeof rate !== "number" || !Number.isFinite(rate) || rate < 0)
@@ -172,7 +185,11 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         const drained = await mirror.stop(timeoutMs);
         const r = report(drained);
         await side.update({ role: Role.SECONDARY });
-        mirror.setState(PairState.SIMPLEX, undefined, "demoted: restart this volume as a secondary");
+        mirror.setState(
+          PairState.SIMPLEX,
+          undefined,
+          "demoted: restart this volume as a secondary",
+        );
         logger.info(r, "demoted: host writes are refused; restart this volume as a secondary");
         return { role: "secondary", ...r };
       },

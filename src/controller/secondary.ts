@@ -14,6 +14,7 @@ import { ControlFilter, type ControlCommand, type PairRecord } from "../pair/con
 import { hex } from "../pair/generations.js";
 import { HostGate } from "../pair/host-gate.js";
 import { outOfSyncContext } from "../pair/marks.js";
+import { checksumContext } from "../pair/checksums.js";
 import { openSide, type MetadataSpec } from "../pair/open-side.js";
 import { newGeneration, Role, type PairSide } from "../pair/side.js";
 import { DEFAULT_TRACK_SIZE } from "../sequencer/plan.js";
@@ -124,19 +125,20 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
     takesStream: () => !promoted.value,
   });
   const marks = outOfSyncContext(side.bits, trackSize, local.size);
+  const checksums = checksumContext(local, trackSize);
   const server = new NbdServer({
     exports: [
       {
         name: options.exportName,
         description: `${volume.description} (secondary, read-only)`,
         volume: host,
-        metaContexts: [marks],
+        metaContexts: [marks, checksums],
       },
       {
         name: options.replicationExport,
         description: ORDERED_STREAM_DESCRIPTION,
         volume: replication,
-        metaContexts: [marks],
+        metaContexts: [marks, checksums],
       },
     ],
     logger,

@@ -19,6 +19,7 @@ import { TaskRun } from "./task-run.js";
 import { TrackState } from "./tracks.js";
 import { LagTracker } from "./lag.js";
 import { Resync } from "./resync.js";
+import { Verify } from "./verify.js";
 
 export interface MirrorOptions {
   remote: string;
@@ -70,6 +71,8 @@ export class MirrorFilter extends Filter {
   private watermark = 0;
   private readonly doneAcks = new Set<number>();
   private readonly resync: Resync;
+  /** Online verify (peercopy verify): compares both sides while hosts write. */
+  readonly verify: Verify;
   private readonly logger: Logger;
   private readonly onLinkLoss: LinkLossPolicy;
   private readonly now: () => number;
@@ -111,6 +114,7 @@ export class MirrorFilter extends Filter {
       },
     });
     this.resync = new Resync(this, local, this.logger, options.resyncRate ?? 0);
+    this.verify = new Verify(this, local, options.remote, this.logger);
   }
 
   get mirroring(): boolean {
@@ -159,6 +163,7 @@ export class MirrorFilter extends Filter {
 
   /** Mirror again: copy the marked tracks, then full duplex. */
   resume(): void {
+    if (this.state === PairState.FULL_DUPLEX) return this.resyncMarked();
     if (this.state !== PairState.SUSPENDED && this.state !== PairState.SIMPLEX) return;
     if (this.link.state !== "up") {
       this.logger.warn({ state: this.link.state }, "resume waits for the link to come up");
@@ -170,6 +175,7 @@ export class MirrorFilter extends Filter {
 
   /** Clean stop: wait for the link to drain (bounded), flush both sides, disconnect. */
   async stop(timeoutMs: number): Promise<boolean> {
+    await this.verify.stop();
     this.resync.stop();
     let drained = true;
     if (this.link.state === "up") {
@@ -244,7 +250,10 @@ export class MirrorFilter extends Filter {
     this.sequencer.begin(taskId, firstSeq, count);
     this.runs.set(taskId, run);
     this.undispatched.add(run);
-    if (!run.resync && this.resync.running) this.resync.touch(firstSeq, count);
+    if (!run.resync) {
+      if (this.resync.running) this.resync.touch(firstSeq, count);
+      this.verify.touch(firstSeq, count);
+    }
   }
 
   /** Track ranges [first, end) of the writes not yet on the secondary. */
@@ -530,6 +539,11 @@ export class MirrorFilter extends Filter {
       this.suspendReason === SuspendReason.CONFLICT
     )
       this.startResync();
+  }
+
+  /** Copy the tracks marked while mirroring (by verify): full duplex again once done. */
+  resyncMarked(): void {
+    if (this.state === PairState.FULL_DUPLEX && this.tracks.outOfSyncTracks > 0) this.startResync();
   }
 
   private startResync(): void {
