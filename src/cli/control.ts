@@ -3,6 +3,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { asUsage, waitForSignal } from "./common.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { watch } from "./watch.js";
+import { LINK_SET_HELP, LINK_SET_OPTIONS, linkSetBody } from "./link-options.js";
 
 const COMMON = {
   admin: { type: "string" },
@@ -14,7 +15,11 @@ type Values = Record<string, string | boolean | undefined>;
 interface Verb {
   /** Extra options after --admin, as shown in --help. */
   readonly usage: string;
+  /** More lines for --help. */
+  readonly help?: string;
   readonly method: "GET" | "POST";
+  /** The admin API path; default "/" and the verb. */
+  readonly path?: string;
   readonly options?: ParseArgsConfig["options"];
   /** The JSON body of the POST, from the parsed options. */
   readonly body?: (values: Values) => Record<string, unknown>;
@@ -85,6 +90,19 @@ const VERBS: Readonly<Record<string, Verb>> = {
     }),
     then: async (base, v) => (v.wait === true ? waitForVerify(base) : 0),
   },
+  "link set": {
+    usage: " SETTING...   (on a primary with link emulation)",
+    help: LINK_SET_HELP,
+    method: "POST",
+    path: "/link/set",
+    options: LINK_SET_OPTIONS,
+    body: linkSetBody,
+  },
+  "link cut": {
+    usage: "   (on a primary: close the link's connection; it reconnects)",
+    method: "POST",
+    path: "/link/cut",
+  },
 };
 
 interface VerifyStatus {
@@ -126,13 +144,13 @@ async function waitForVerify(base: string): Promise<number> {
 
 export const CONTROL_VERBS = Object.keys(VERBS);
 
-function adminBase(value: string | undefined): string {
+export function adminBase(value: string | undefined): string {
   const ep = parseListen(value ?? "127.0.0.1:10819", "--admin");
   if (ep.kind !== "tcp") throw new UsageError("--admin takes HOST:PORT");
   return `http://${ep.host}:${ep.port}`;
 }
 
-async function call(
+export async function call(
   base: string,
   method: "GET" | "POST",
   path: string,
@@ -167,7 +185,7 @@ export function controlCommand(action: string) {
     const values = parsed.values as Values;
     if (values.help === true) {
       process.stdout.write(
-        `usage: peercopy ${action} [--admin HOST:PORT]${verb.usage}\n  --admin defaults to 127.0.0.1:10819\n`,
+        `usage: peercopy ${action} [--admin HOST:PORT]${verb.usage}\n  --admin defaults to 127.0.0.1:10819\n${verb.help ?? ""}`,
       );
       return 0;
     }
@@ -179,8 +197,30 @@ export function controlCommand(action: string) {
       return 0;
     }
     const body = verb.body?.(values);
-    const reply = await call(base, verb.method, `/${action}`, body);
+    const reply = await call(base, verb.method, verb.path ?? `/${action}`, body);
     process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
     return verb.then === undefined ? 0 : verb.then(base, values);
+  };
+}
+
+/** A command whose verbs are two words, e.g. `peercopy link set`. */
+export function controlGroup(group: string) {
+  const subs = CONTROL_VERBS.filter((v) => v.startsWith(`${group} `)).map((v) =>
+    v.slice(group.length + 1),
+  );
+  return async (args: string[]): Promise<number> => {
+    const [sub, ...rest] = args;
+    if (sub === undefined || sub === "--help" || sub === "-h") {
+      const lines = subs.map(
+        (s) => `  peercopy ${group} ${s} [--admin HOST:PORT]${VERBS[`${group} ${s}`]?.usage}`,
+      );
+      process.stdout.write(`usage:\n${lines.join("\n")}\n`);
+      return sub === undefined ? 2 : 0;
+    }
+    if (!subs.includes(sub))
+      throw new UsageError(
+        `unknown "${group} ${sub}"; the ${group} commands are ${subs.map((s) => `${group} ${s}`).join(", ")}`,
+      );
+    return controlCommand(`${group} ${sub}`)(rest);
   };
 }

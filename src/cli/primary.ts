@@ -8,6 +8,7 @@ import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { parseMetadataArgs, stopMessage } from "./pair-options.js";
 import { checkRemoteUri, parseTlsArgs, TLS_HELP, TLS_OPTIONS } from "./tls-options.js";
+import { LINK_HELP, LINK_OPTIONS, parseLinkArgs } from "./link-options.js";
 
 const HELP = `usage: peercopy primary IMAGE --remote NBD-URI [options]
 
@@ -39,6 +40,7 @@ trim to the remote NBD server, track by track, in order.
   --discard remote        at a split brain, overwrite the remote's own changes
   --resync-rate RATE      cap the resync, e.g. 100M (bytes per second; default none)
   --admin HOST:PORT       serve GET /status, GET /metrics and POST actions here
+${LINK_HELP}
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}
 TLS for hosts on --listen:
 ${TLS_HELP}`;
@@ -60,6 +62,7 @@ const OPTIONS = {
   "al-extents": { type: "string" },
   discard: { type: "string" },
   "resync-rate": { type: "string" },
+  ...LINK_OPTIONS,
 } as const;
 
 export async function primaryCommand(args: string[]): Promise<number> {
@@ -112,6 +115,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
       ? undefined
       : parseSize(values["resync-rate"].replace(/\/s$/, ""), "--resync-rate");
   const tls = await parseTlsArgs(values);
+  const linkEmulation = parseLinkArgs(values);
   const logger = createLogger(host.logLevel);
 
   const primary = await openOrUsage(() =>
@@ -132,6 +136,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
         resyncRate,
       },
       metadata,
+      linkEmulation,
       logger,
       tls,
     }),

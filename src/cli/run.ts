@@ -3,7 +3,7 @@ import { serveCommand } from "./serve.js";
 import { primaryCommand } from "./primary.js";
 import { secondaryCommand } from "./secondary.js";
 import { demoCommand } from "./demo.js";
-import { controlCommand } from "./control.js";
+import { controlCommand, controlGroup } from "./control.js";
 import { MetadataError } from "../metadata/errors.js";
 import { ConfigError } from "../controller/primary.js";
 
@@ -24,6 +24,8 @@ commands:
   resync --rate RATE change the resync rate limit of a running primary
   verify [--no-resync] [--wait]
                      compare both sides track by track while hosts write
+  link set           change a primary's link emulation (latency, faults) at run time
+  link cut           close a primary's link connection (it reconnects)
 
 Run "peercopy <command> --help" for the options of a command.`;
 
@@ -42,6 +44,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   resolve: controlCommand("resolve"),
   resync: controlCommand("resync"),
   verify: controlCommand("verify"),
+  link: controlGroup("link"),
 };
 
 /** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage or configuration error). */

@@ -14,6 +14,8 @@ import { checksumContext } from "../pair/checksums.js";
 import { openSide, type MetadataSpec } from "../pair/open-side.js";
 import { Role } from "../pair/side.js";
 import { DEFAULT_TRACK_SIZE } from "../sequencer/plan.js";
+import { LinkEmulator } from "../faults/link.js";
+import { parseLinkChange, type LinkChange } from "../faults/settings.js";
 
 export interface PrimaryOptions {
   volume: VolumeSpec;
@@ -21,6 +23,8 @@ export interface PrimaryOptions {
   exportName: string;
   mirror: Omit<MirrorOptions, "logger" | "side">;
   metadata?: MetadataSpec;
+  /** Put the link emulator on the link, with these settings to start with. */
+  linkEmulation?: LinkChange;
   logger: Logger;
   /** TLS on the NBD port. */
   tls?: ServerTls;
@@ -55,6 +59,13 @@ export interface RunningPrimary {
 
 export async function startPrimary(options: PrimaryOptions): Promise<RunningPrimary> {
   const { logger } = options;
+  // Settings are checked before anything is opened.
+  const emulator =
+    options.linkEmulation === undefined
+      ? undefined
+      : new LinkEmulator(options.mirror.remote, logger);
+  if (emulator !== undefined && options.linkEmulation !== undefined)
+    emulator.apply(options.linkEmulation);
   const volume = await openVolume(options.volume);
   for (const w of volume.warnings) logger.warn(w);
   const local = volume.backend;
@@ -77,7 +88,12 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
       "the last run did not stop cleanly; the tracks it may have been writing count as out of sync",
     );
   if (side.state.role !== Role.PRIMARY) await side.update({ role: Role.PRIMARY });
-  const mirror = new MirrorFilter(local, { ...options.mirror, side, logger });
+  const mirror = new MirrorFilter(local, {
+    ...options.mirror,
+    side,
+    logger,
+    linkConnect: emulator?.connect,
+  });
   const server = new NbdServer({
     exports: [
       {
@@ -135,7 +151,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     hostUri,
     mirror,
     server,
-    status: () => primaryStatus(info, mirror),
+    status: () => withEmulation(primaryStatus(info, mirror), emulator),
     actions: {
       suspend: () => {
         mirror.suspend(SuspendReason.OPERATOR);
@@ -148,6 +164,13 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
       "link/cut": () => {
         mirror.link.cut();
         return { link: mirror.link.state };
+      },
+      "link/set": (body) => {
+        if (emulator === undefined)
+          throw new Error(
+            "the link emulator is off: start the primary with --link-emulation (or any --link-* option)",
+          );
+        return { emulation: emulator.apply(parseLinkChange(body, (key) => key)) };
       },
       resolve: (body) => {
         if (body.discard === "local")
@@ -199,9 +222,20 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
       const drained = mirror.demoted ? true : await mirror.stop(timeoutMs);
       const r = report(drained);
       mirror.lag.close();
+      emulator?.close();
       await side.close();
       await local.close();
       return r;
     },
   };
+}
+
+/** The link emulator's settings and counts go beside the link's own. */
+function withEmulation(
+  status: Record<string, unknown>,
+  emulator: LinkEmulator | undefined,
+): Record<string, unknown> {
+  if (emulator !== undefined && typeof status.link === "object" && status.link !== null)
+    (status.link as Record<string, unknown>).emulation = emulator.status();
+  return status;
 }

@@ -52,7 +52,15 @@ export interface LinkOptions {
   ordered?: "auto" | "yes" | "no";
   maxInFlight?: number;
   maxInFlightBytes?: number;
+  /** Makes each connection (default connectUri); the link emulator puts itself in here. */
+  connect?: LinkConnect;
 }
+
+/** How the link makes a connection to the remote (connectUri's signature, with what the link passes). */
+export type LinkConnect = (
+  remote: string,
+  options: { readonly timeoutMs: number; readonly metaContexts: readonly string[] },
+) => Promise<NbdClient>;
 
 export const LinkState = {
   DOWN: "down",
@@ -193,7 +201,7 @@ export class Link {
     const { logger, remote } = this.options;
     try {
       // A peercopy secondary publishes its own marks; other servers ignore the request.
-      const client = await connectUri(remote, {
+      const client = await (this.options.connect ?? connectUri)(remote, {
         timeoutMs: 5000,
         metaContexts: [OUT_OF_SYNC_CONTEXT],
       });

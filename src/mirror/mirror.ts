@@ -10,7 +10,14 @@ import type { Backend } from "../backend/types.js";
 import { TaskPlanner, type Subtask, type TaskRequest } from "../sequencer/plan.js";
 import { Sequencer } from "../sequencer/sequencer.js";
 import type { NbdClient } from "../../nbd/client/index.js";
-import { Link, LinkEntryKind, LinkState, type LinkConfigError, type LinkEntry } from "./link.js";
+import {
+  Link,
+  LinkEntryKind,
+  LinkState,
+  type LinkConfigError,
+  type LinkConnect,
+  type LinkEntry,
+} from "./link.js";
 import { divergeFrom, SyncDecision } from "../pair/generations.js";
 import { onConnect, onInSync, onRelease, type ConnectOutcome } from "../pair/handshake.js";
 import { MemorySide, newGeneration, Role, type PairSide } from "../pair/side.js";
@@ -36,6 +43,8 @@ export interface MirrorOptions {
   discardRemote?: boolean;
   /** Resync rate limit in bytes per second (0: none). */
   resyncRate?: number;
+  /** Makes the link's connections (the link emulator); default: a plain connection. */
+  linkConnect?: LinkConnect;
   logger: Logger;
   now?: () => number;
 }
@@ -104,6 +113,7 @@ export class MirrorFilter extends Filter {
       size: local.size,
       logger: this.logger,
       ordered: options.ordered,
+      connect: options.linkConnect,
       events: {
         acked: (e) => this.acked(e),
         lost: (err, abandoned) => this.linkLost(err, abandoned),

@@ -115,6 +115,8 @@ export class ControlFilter extends Filter {
     const below = next.writev?.bind(next);
     if (below !== undefined)
       this.writev = (parts, offset, flags) => {
+        // A control command whose payload came in several socket chunks (rare and small).
+        if (offset >= this.next.size) return this.write(Buffer.concat(parts), offset, flags);
         let end = offset;
         for (const part of parts) end += part.length;
         const refused = this.refusal(end);
