@@ -98,6 +98,11 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
       rateLimit: verify.rateLimit,
       last: verify.last,
     },
-    errors: { hostWrites: m.hostWriteErrors, link: m.link.errors },
+    errors: {
+      hostWrites: m.hostWriteErrors,
+      hostReads: m.hostReadErrors,
+      resyncReads: m.resyncReadErrors,
+      link: m.link.errors,
+    },
   };
 }

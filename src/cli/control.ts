@@ -3,6 +3,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { asUsage, waitForSignal } from "./common.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { watch } from "./watch.js";
+import { DISK_SET_HELP, DISK_SET_OPTIONS, diskSetBody } from "./disk-options.js";
 import { LINK_SET_HELP, LINK_SET_OPTIONS, linkSetBody } from "./link-options.js";
 
 const COMMON = {
@@ -97,6 +98,14 @@ const VERBS: Readonly<Record<string, Verb>> = {
     path: "/link/set",
     options: LINK_SET_OPTIONS,
     body: linkSetBody,
+  },
+  "disk set": {
+    usage: " SETTING...   (on a primary with the disk fault filter)",
+    help: DISK_SET_HELP,
+    method: "POST",
+    path: "/disk/set",
+    options: DISK_SET_OPTIONS,
+    body: diskSetBody,
   },
   "link cut": {
     usage: "   (on a primary: close the link's connection; it reconnects)",

@@ -9,6 +9,7 @@ import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args
 import { parseMetadataArgs, stopMessage } from "./pair-options.js";
 import { checkRemoteUri, parseTlsArgs, TLS_HELP, TLS_OPTIONS } from "./tls-options.js";
 import { LINK_HELP, LINK_OPTIONS, parseLinkArgs } from "./link-options.js";
+import { DISK_HELP, DISK_OPTIONS, parseDiskArgs } from "./disk-options.js";
 
 const HELP = `usage: peercopy primary IMAGE --remote NBD-URI [options]
 
@@ -41,6 +42,7 @@ trim to the remote NBD server, track by track, in order.
   --resync-rate RATE      cap the resync, e.g. 100M (bytes per second; default none)
   --admin HOST:PORT       serve GET /status, GET /metrics and POST actions here
 ${LINK_HELP}
+${DISK_HELP}
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}
 TLS for hosts on --listen:
 ${TLS_HELP}`;
@@ -63,6 +65,7 @@ const OPTIONS = {
   discard: { type: "string" },
   "resync-rate": { type: "string" },
   ...LINK_OPTIONS,
+  ...DISK_OPTIONS,
 } as const;
 
 export async function primaryCommand(args: string[]): Promise<number> {
@@ -116,6 +119,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
       : parseSize(values["resync-rate"].replace(/\/s$/, ""), "--resync-rate");
   const tls = await parseTlsArgs(values);
   const linkEmulation = parseLinkArgs(values);
+  const diskFaults = parseDiskArgs(values);
   const logger = createLogger(host.logLevel);
 
   const primary = await openOrUsage(() =>
@@ -137,6 +141,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
       },
       metadata,
       linkEmulation,
+      diskFaults,
       logger,
       tls,
     }),

@@ -26,6 +26,7 @@ commands:
                      compare both sides track by track while hosts write
   link set           change a primary's link emulation (latency, faults) at run time
   link cut           close a primary's link connection (it reconnects)
+  disk set           change a primary's disk faults (EIO, slow writes) at run time
 
 Run "peercopy <command> --help" for the options of a command.`;
 
@@ -45,6 +46,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   resync: controlCommand("resync"),
   verify: controlCommand("verify"),
   link: controlGroup("link"),
+  disk: controlGroup("disk"),
 };
 
 /** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage or configuration error). */

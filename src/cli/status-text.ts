@@ -41,6 +41,9 @@ export function formatStatus(status: Json, options: TextOptions): string {
   if (str(link.state) !== undefined) row("link", linkText(link, paint));
   else if (status.primarySeenMsAgo !== undefined) row("primary", primaryText(status));
 
+  const faults = faultText(obj(link.emulation), obj(status.diskFaults));
+  if (faults !== undefined) row("emulated", paint.yellow(faults));
+
   const oos = obj(status.outOfSync);
   const oosTracks = num(oos.tracks) ?? 0;
   const trackSize = num(status.trackSize);
@@ -112,6 +115,26 @@ function linkText(link: Json, paint: Painter): string {
   return parts.join(", ");
 }
 
+/** The link emulator's and the disk fault filter's settings that do something, tersely. */
+function faultText(link: Json, disk: Json): string | undefined {
+  if (Object.keys(link).length === 0 && Object.keys(disk).length === 0) return undefined;
+  const set = (o: Json): string => {
+    const parts: string[] = [];
+    for (const [k, v] of Object.entries(o)) {
+      if (typeof v !== "number" || k.endsWith("Length")) continue;
+      if (k.endsWith("Offset")) {
+        const len = num(o[k.replace(/Offset$/, "Length")]) ?? 0;
+        parts.push(`${k.replace(/Offset$/, "")} ${bytes(v)}+${bytes(len)}`);
+      } else if (v !== 0) parts.push(`${k} ${v}`);
+    }
+    return parts.length === 0 ? "nothing set" : parts.join(", ");
+  };
+  const parts: string[] = [];
+  if (Object.keys(link).length > 0) parts.push(`link: ${set(link)}`);
+  if (Object.keys(disk).length > 0) parts.push(`disk: ${set(disk)}`);
+  return parts.join("; ");
+}
+
 function primaryText(s: Json): string {
   const ago = num(s.primarySeenMsAgo);
   if (ago === undefined) return "never connected";
@@ -145,8 +168,12 @@ function progressText(p: Json): string {
 function errorText(errors: Json, lastError: string | undefined, paint: Painter): string {
   const counts: string[] = [];
   const hostWrites = num(errors.hostWrites) ?? 0;
+  const hostReads = num(errors.hostReads) ?? 0;
+  const resyncReads = num(errors.resyncReads) ?? 0;
   const link = num(errors.link) ?? 0;
   if (hostWrites > 0) counts.push(plural(hostWrites, "host write error"));
+  if (hostReads > 0) counts.push(plural(hostReads, "host read error"));
+  if (resyncReads > 0) counts.push(plural(resyncReads, "resync read error"));
   if (link > 0) counts.push(plural(link, "link error"));
   const text = counts.length === 0 ? "none" : counts.join(", ");
   const last = lastError === undefined ? "" : `; last: ${lastError}`;

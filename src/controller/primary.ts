@@ -15,6 +15,7 @@ import { openSide, type MetadataSpec } from "../pair/open-side.js";
 import { Role } from "../pair/side.js";
 import { DEFAULT_TRACK_SIZE } from "../sequencer/plan.js";
 import { LinkEmulator } from "../faults/link.js";
+import { DiskFaultFilter, parseDiskChange, type DiskFaults } from "../faults/disk.js";
 import { parseLinkChange, type LinkChange } from "../faults/settings.js";
 
 export interface PrimaryOptions {
@@ -25,6 +26,8 @@ export interface PrimaryOptions {
   metadata?: MetadataSpec;
   /** Put the link emulator on the link, with these settings to start with. */
   linkEmulation?: LinkChange;
+  /** Put the disk fault filter on the local volume, with these settings to start with. */
+  diskFaults?: Partial<DiskFaults>;
   logger: Logger;
   /** TLS on the NBD port. */
   tls?: ServerTls;
@@ -68,7 +71,12 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     emulator.apply(options.linkEmulation);
   const volume = await openVolume(options.volume);
   for (const w of volume.warnings) logger.warn(w);
-  const local = volume.backend;
+  const disk = options.diskFaults === undefined ? undefined : new DiskFaultFilter(volume.backend);
+  if (disk !== undefined && options.diskFaults !== undefined) {
+    const settings = disk.apply(options.diskFaults);
+    logger.info(settings, "disk fault filter");
+  }
+  const local = disk ?? volume.backend;
   const trackSize = options.mirror.trackSize ?? DEFAULT_TRACK_SIZE;
   const side = await openSide(
     options.metadata,
@@ -151,7 +159,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     hostUri,
     mirror,
     server,
-    status: () => withEmulation(primaryStatus(info, mirror), emulator),
+    status: () => withFaults(primaryStatus(info, mirror), emulator, disk),
     actions: {
       suspend: () => {
         mirror.suspend(SuspendReason.OPERATOR);
@@ -171,6 +179,15 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
             "the link emulator is off: start the primary with --link-emulation (or any --link-* option)",
           );
         return { emulation: emulator.apply(parseLinkChange(body, (key) => key)) };
+      },
+      "disk/set": (body) => {
+        if (disk === undefined)
+          throw new Error(
+            "the disk fault filter is off: start the primary with --disk-faults (or any --disk-* option)",
+          );
+        const settings = disk.apply(parseDiskChange(body, (key) => key));
+        logger.info(settings, "disk fault filter");
+        return { diskFaults: settings };
       },
       resolve: (body) => {
         if (body.discard === "local")
@@ -230,12 +247,14 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
   };
 }
 
-/** The link emulator's settings and counts go beside the link's own. */
-function withEmulation(
+/** The link emulator's settings and counts go beside the link's own; the disk's at the top. */
+function withFaults(
   status: Record<string, unknown>,
   emulator: LinkEmulator | undefined,
+  disk: DiskFaultFilter | undefined,
 ): Record<string, unknown> {
   if (emulator !== undefined && typeof status.link === "object" && status.link !== null)
     (status.link as Record<string, unknown>).emulation = emulator.status();
+  if (disk !== undefined) status.diskFaults = disk.status();
   return status;
 }

@@ -74,7 +74,7 @@ export const LINK_KEYS = {
 } as const;
 export type LinkKey = keyof typeof LINK_KEYS;
 
-const OFF = new Set(["off", "none", "0"]);
+export const OFF = new Set(["off", "none", "0"]);
 
 /**
  * Parses settings given as words; `name` turns a key into the name the user
@@ -152,14 +152,14 @@ export function parseLinkChange(
   return { faults, stallNowMs, disconnectNow, disconnectAfterMs };
 }
 
-function duration(text: string, option: string, max: number): number {
+export function duration(text: string, option: string, max: number): number {
   const ms = parseDuration(text, option);
   if (ms > max) throw new UsageError(`${option}: "${text}" is longer than ${max / 1000} s`);
   return ms;
 }
 
 /** "0.01", "1%" → 0.01. */
-function fraction(text: string, option: string): number {
+export function fraction(text: string, option: string): number {
   const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(text.trim());
   const value = m === null ? NaN : Number(m[1]) / (m[2] === "%" ? 100 : 1);
   if (!(value >= 0 && value <= 1))
@@ -168,7 +168,7 @@ function fraction(text: string, option: string): number {
 }
 
 /** "OFFSET:LENGTH" with sizes, e.g. 1M:64K. */
-function range(text: string, option: string): ErrorRange {
+export function range(text: string, option: string): ErrorRange {
   const [at, len, ...rest] = text.split(":");
   if (at === undefined || len === undefined || rest.length > 0)
     throw new UsageError(`${option}: "${text}" is not OFFSET:LENGTH (e.g. 1M:64K) or off`);

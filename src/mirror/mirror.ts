@@ -72,6 +72,9 @@ export class MirrorFilter extends Filter {
   demoted = false;
   private diverging: Promise<void> | undefined;
   hostWriteErrors = 0;
+  hostReadErrors = 0;
+  /** The local volume failed a read for a resync copy. */
+  resyncReadErrors = 0;
   private readonly runs = new Map<number, TaskRun>();
   /** Runs whose subtasks are not all dispatched: a later task on their tracks waits. */
   private readonly undispatched = new Set<TaskRun>();
@@ -139,6 +142,16 @@ export class MirrorFilter extends Filter {
     await this.link.start();
   }
 
+  override read(into: Buffer, offset: number): Promise<void> {
+    return this.next.read(into, offset).catch(this.readFailed);
+  }
+
+  /** A host read the local volume failed: the host gets the error, as from a plain disk. */
+  private readonly readFailed = (err: unknown): never => {
+    this.hostReadErrors++;
+    throw err;
+  };
+
   override write(data: Buffer, offset: number, flags: number): Promise<void> {
     return this.submit({ kind: "write", offset, data, flags });
   }
@@ -163,11 +176,11 @@ export class MirrorFilter extends Filter {
     if (this.mode === MirrorMode.SYNC) await remote;
   }
 
-  /** Operator or lag: stop mirroring, keep every affected track marked. */
-  suspend(reason: SuspendReason): void {
+  /** Operator, lag or local disk: stop mirroring, keep every affected track marked. */
+  suspend(reason: SuspendReason, detail?: string): void {
     if (this.state === PairState.SUSPENDED) return;
     // The state changes first: abandoning settles host writes, which must not re-enter here.
-    this.setState(PairState.SUSPENDED, reason);
+    this.setState(PairState.SUSPENDED, reason, detail);
     this.abandonAll(this.link.dropQueued());
   }
 
@@ -311,14 +324,21 @@ export class MirrorFilter extends Filter {
     run.localLeft--;
     if (run.localError === undefined) {
       run.localError = err;
-      this.hostWriteErrors++;
+      if (run.resync) this.resyncReadErrors++;
+      else this.hostWriteErrors++;
       this.abandonRun(run);
     }
     if (run.localLeft === 0) this.localComplete(run);
   }
 
   private localComplete(run: TaskRun): void {
-    if (run.localError !== undefined) return this.settleHost(run, run.localError);
+    if (run.localError !== undefined) {
+      this.settleHost(run, run.localError);
+      // What the disk holds on those tracks is unknown, and the secondary may have part of
+      // the write: copy them again from the local volume, so both sides agree on it.
+      if (!run.resync && this.state === PairState.FULL_DUPLEX) this.startResync();
+      return;
+    }
     if (run.abandoned) {
       if (this.onLinkLoss === LinkLossPolicy.FAIL && this.suspendReason === SuspendReason.LINK)
         return this.settleHost(
@@ -362,11 +382,20 @@ export class MirrorFilter extends Filter {
     const size = this.planner.trackSize;
     const first = Math.floor(request.offset / size);
     this.tracks.markStale(first, Math.floor((request.offset + length - 1) / size) - first + 1);
-    if (request.kind === "write")
-      return this.next.write(request.data, request.offset, request.flags ?? 0);
-    if (request.kind === "zero") return this.next.zero(request.offset, length, request.flags ?? 0);
-    return this.next.trim(request.offset, length, request.flags ?? 0);
+    const flags = request.flags ?? 0;
+    const done =
+      request.kind === "write"
+        ? this.next.write(request.data, request.offset, flags)
+        : request.kind === "zero"
+          ? this.next.zero(request.offset, length, flags)
+          : this.next.trim(request.offset, length, flags);
+    return done.catch(this.writeFailed);
   }
+
+  private readonly writeFailed = (err: unknown): never => {
+    this.hostWriteErrors++;
+    throw err;
+  };
 
   // --- the sequencer's output and the link ---
 
@@ -549,6 +578,19 @@ export class MirrorFilter extends Filter {
       this.suspendReason === SuspendReason.CONFLICT
     )
       this.startResync();
+  }
+
+  /** A resync could not read a track from the local volume: the pair cannot be whole. */
+  localDiskFailed(track: number, err: Error): void {
+    if (!this.mirroring) return;
+    this.logger.error(
+      { track, err: err.message },
+      "the local volume failed a read for the resync; mirroring is suspended until peercopy resume",
+    );
+    this.suspend(
+      SuspendReason.LOCAL_DISK,
+      `the local volume cannot read track ${track} for the resync: ${err.message}`,
+    );
   }
 
   /** Copy the tracks marked while mirroring (by verify): full duplex again once done. */

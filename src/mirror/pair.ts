@@ -19,6 +19,8 @@ export const SuspendReason = {
   PEER_PROMOTED: "peer-promoted",
   /** The remote holds writes this side lacks, or another volume: nothing is copied. */
   CONFLICT: "conflict",
+  /** The local volume could not be read for a resync: the pair cannot reach full duplex. */
+  LOCAL_DISK: "local-disk",
 } as const;
 export type SuspendReason = (typeof SuspendReason)[keyof typeof SuspendReason];
 

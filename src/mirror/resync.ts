@@ -206,6 +206,12 @@ export class Resync {
 
   /** Called when a resync run finished: copied, or abandoned (its track is marked again). */
   settled(run: TaskRun, err: Error | undefined): void {
+    if (run.localError !== undefined && !this.stopped) {
+      // Reading the track again would fail again: stop, and the pair says why.
+      this.stopped = true;
+      const failed = run.localError;
+      queueMicrotask(() => this.mirror.localDiskFailed(run.task.firstSeq, failed));
+    }
     if (err === undefined && !run.abandoned) {
       this.copiedTracks++;
       this.copiedBytes += run.task.length;

@@ -54,6 +54,24 @@ describe("peercopy status text", () => {
     expect(text).toContain("  errors      3 link errors; last: connect ECONNREFUSED 127.0.0.1:1\n");
   });
 
+  it("emulated faults show what is set; local disk errors are counted", () => {
+    const text = formatStatus(
+      {
+        role: "primary",
+        pairState: "suspended",
+        suspendReason: "local-disk",
+        link: { state: "up", emulation: { latencyMs: 5, jitterMs: 0, errorRangeOffset: null } },
+        diskFaults: { readErrorRate: 0, readErrorRangeOffset: 0, readErrorRangeLength: 64 * KiB },
+        errors: { hostWrites: 1, hostReads: 2, resyncReads: 1, link: 0 },
+      },
+      { color: false },
+    );
+    expect(text).toContain("  emulated    link: latencyMs 5; disk: readErrorRange 0 B+64.0 KiB\n");
+    expect(text).toContain(
+      "  errors      1 host write error, 2 host read errors, 1 resync read error\n",
+    );
+  });
+
   it("a promoted secondary says hosts may write", () => {
     const text = formatStatus(
       {
