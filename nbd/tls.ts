@@ -29,7 +29,9 @@ export type TlsPeer =
       /** The certificate chains to the configured CA (always true when verification is on). */
       readonly verified: boolean;
     }
-  | { readonly kind: "psk"; readonly identity: string };
+  | { readonly kind: "psk"; readonly identity: string }
+  /** TLS with a server certificate only: the client showed none. */
+  | { readonly kind: "anonymous" };
 
 /** How a server offers TLS. */
 export interface ServerTls {
@@ -39,6 +41,8 @@ export interface ServerTls {
   readonly options: tls.TlsOptions;
   /** Looks up PSK identities (PSK only). */
   readonly keys?: ReadonlyMap<string, Buffer>;
+  /** Refuse clients without a certificate the CA signed (X.509 only). */
+  readonly verifyPeer: boolean;
 }
 
 /** How a client does TLS. */
@@ -136,6 +140,11 @@ export interface ServerTlsSpec {
   readonly psk?: string;
   /** Ask clients for a certificate and refuse those the CA did not sign (X.509 only). */
   readonly verifyPeer?: boolean;
+  /**
+   * Ask clients for a certificate but let those without one in (X.509 only):
+   * an export's authorize hook then decides, e.g. the replication export.
+   */
+  readonly requestPeer?: boolean;
 }
 
 export async function loadServerTls(spec: ServerTlsSpec): Promise<ServerTls> {
@@ -149,14 +158,16 @@ export async function loadServerTls(spec: ServerTlsSpec): Promise<ServerTls> {
       mode: spec.mode,
       kind: "psk",
       keys,
+      verifyPeer: false,
       // upgradeServer adds the pskCallback, to learn the identity of each session.
       options: { ...VERSIONS, ciphers: PSK_CIPHERS },
     };
   }
   const dir = spec.certificates as string;
   const verifyPeer = spec.verifyPeer === true;
+  const requestCert = verifyPeer || spec.requestPeer === true;
   const [ca, cert, key, crl] = await Promise.all([
-    readPem(dir, "ca-cert.pem", verifyPeer),
+    readPem(dir, "ca-cert.pem", requestCert),
     readPem(dir, "server-cert.pem", true),
     readPem(dir, "server-key.pem", true),
     readPem(dir, "ca-crl.pem", false),
@@ -170,7 +181,8 @@ export async function loadServerTls(spec: ServerTlsSpec): Promise<ServerTls> {
   return {
     mode: spec.mode,
     kind: "x509",
-    options: { ...material, requestCert: verifyPeer, rejectUnauthorized: verifyPeer },
+    verifyPeer,
+    options: { ...material, requestCert, rejectUnauthorized: verifyPeer },
   };
 }
 
@@ -257,11 +269,11 @@ function handshakeError(err: Error, side: string): TlsHandshakeError {
   });
 }
 
-/** The identity the session established; null before it is secure. */
-export function tlsPeer(socket: tls.TLSSocket, pskIdentity: string | undefined): TlsPeer | null {
+/** The identity the session established. */
+export function tlsPeer(socket: tls.TLSSocket, pskIdentity: string | undefined): TlsPeer {
   if (pskIdentity !== undefined) return { kind: "psk", identity: pskIdentity };
   const cert = socket.getPeerCertificate();
-  if (cert === null || Object.keys(cert).length === 0) return null;
+  if (cert === null || Object.keys(cert).length === 0) return { kind: "anonymous" };
   const cn = cert.subject?.CN;
   return {
     kind: "x509",
@@ -284,10 +296,10 @@ export function upgradeServer(
   stream: Duplex,
   config: ServerTls,
   timeoutMs: number,
-): Promise<{ socket: tls.TLSSocket; peer: TlsPeer | null }> {
+): Promise<{ socket: tls.TLSSocket; peer: TlsPeer }> {
   let identity: string | undefined;
   let unknown: string | undefined;
-  const verify = config.options.requestCert === true;
+  const verify = config.verifyPeer;
   const server = tls.createServer({
     ...config.options,
     // Checked below, so that a refusal can say why.
@@ -356,4 +368,56 @@ export function upgradeClient(stream: Duplex, config: ClientTls): Promise<tls.TL
       resolve(socket);
     });
   });
+}
+
+/** A peer an export trusts: a certificate's CN or SHA-256 fingerprint, or a PSK identity. */
+export type TrustedPeer =
+  | { readonly kind: "cn"; readonly value: string }
+  | { readonly kind: "sha256"; readonly value: string }
+  | { readonly kind: "psk"; readonly value: string };
+
+/** "cn:NAME", "sha256:AB:CD:…" (colons optional, any case) or "psk:IDENTITY". */
+export function parseTrustedPeer(text: string): TrustedPeer {
+  const colon = text.indexOf(":");
+  const kind = text.slice(0, colon);
+  const value = text.slice(colon + 1);
+  if (colon > 0 && value !== "") {
+    if (kind === "cn" || kind === "psk") return { kind, value };
+    if (kind === "sha256") {
+      const hex = value.replace(/:/g, "").toUpperCase();
+      if (/^[0-9A-F]{64}$/.test(hex)) return { kind, value: hex.replace(/(..)(?!$)/g, "$1:") };
+      throw new TlsConfigError(`"${text}": a SHA-256 fingerprint is 32 hex bytes`);
+    }
+  }
+  throw new TlsConfigError(`"${text}": use cn:NAME, sha256:FINGERPRINT or psk:IDENTITY`);
+}
+
+/** How logs and refusals name a peer. */
+export function describePeer(peer: TlsPeer | null): string {
+  if (peer === null) return "plain (no TLS) client";
+  if (peer.kind === "anonymous") return "TLS client without a certificate";
+  return peer.kind === "psk"
+    ? `PSK identity "${peer.identity}"`
+    : `certificate CN "${peer.commonName}" (sha256 ${peer.fingerprint})`;
+}
+
+/** An export's authorize hook that lets in only `trusted` peers, over TLS. */
+export function trustOnly(
+  trusted: readonly TrustedPeer[],
+  what: string,
+): (peer: TlsPeer | null) => string | undefined {
+  return (peer) => {
+    if (peer === null) return `${what} needs TLS with a trusted identity: connect with nbds://`;
+    if (peer.kind === "anonymous")
+      return `${what} needs a client certificate: give the client client-cert.pem and client-key.pem`;
+    if (peer.kind === "x509" && !peer.verified)
+      return `${what}: the client certificate does not chain to the CA`;
+    const ok = trusted.some((t) =>
+      peer.kind === "psk"
+        ? t.kind === "psk" && t.value === peer.identity
+        : (t.kind === "cn" && t.value === peer.commonName) ||
+          (t.kind === "sha256" && t.value === peer.fingerprint),
+    );
+    return ok ? undefined : `${what} does not trust the ${describePeer(peer)}`;
+  };
 }

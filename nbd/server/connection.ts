@@ -39,7 +39,7 @@ import {
 } from "../codec/server-replies.js";
 import { Negotiation, type NegotiationHost, type SelectedContext } from "./negotiate.js";
 import type { ServedExport } from "./exports.js";
-import { upgradeServer, type ServerTls, type TlsMode, type TlsPeer } from "../tls.js";
+import { describePeer, upgradeServer, type ServerTls, type TlsMode, type TlsPeer } from "../tls.js";
 
 export interface ConnectionLimits {
   /** Requests in flight before the connection stops reading. */
@@ -199,7 +199,13 @@ export class Connection implements ServerParserSink, NegotiationHost {
   }
 
   refusal(exp: ServedExport): string | undefined {
-    return exp.authorize?.(this.tlsPeer);
+    const why = exp.authorize?.(this.tlsPeer);
+    if (why !== undefined)
+      this.owner.logger.warn(
+        { peer: this.peer, export: exp.name, tlsPeer: describePeer(this.tlsPeer), reason: why },
+        "export refused to this client",
+      );
+    return why;
   }
 
   startTls(): void {

@@ -5,7 +5,14 @@ import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
 import { parseListen } from "./args.js";
 import { parseMetadataArgs } from "./pair-options.js";
-import { parseTlsArgs, TLS_HELP, TLS_OPTIONS } from "./tls-options.js";
+import {
+  parseTlsArgs,
+  parseTrustedPeers,
+  REPLICATION_PEER_HELP,
+  replicationAuthorizer,
+  TLS_HELP,
+  TLS_OPTIONS,
+} from "./tls-options.js";
 
 const HELP = `usage: peercopy secondary IMAGE [options]
 
@@ -21,13 +28,16 @@ ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10810")}
   --init-metadata             discard a metadata file that does not fit this volume
 TLS for the port (host and replication exports):
 ${TLS_HELP}
+${REPLICATION_PEER_HELP}
 
 Without TLS the replication export has no authentication: anyone who can reach
-the port can write to it. Bind it to loopback or a private network.`;
+the port can write to it. Bind it to loopback or a private network, or use TLS
+with --replication-peer. Hosts can only read until the secondary is promoted.`;
 
 const OPTIONS = {
   ...HOST_OPTIONS,
   ...TLS_OPTIONS,
+  "replication-peer": { type: "string", multiple: true },
   "replication-export": { type: "string" },
   admin: { type: "string" },
   metadata: { type: "string" },
@@ -43,7 +53,12 @@ export async function secondaryCommand(args: string[]): Promise<number> {
   const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10810");
   const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
-  const tls = await parseTlsArgs(values);
+  const trusted = parseTrustedPeers(values["replication-peer"]);
+  const tls = await parseTlsArgs(
+    values,
+    trusted.some((t) => t.kind !== "psk"),
+  );
+  const authorizeReplication = replicationAuthorizer(trusted, tls);
   const logger = createLogger(host.logLevel);
   const secondary = await openOrUsage(() =>
     startSecondary({
@@ -54,8 +69,18 @@ export async function secondaryCommand(args: string[]): Promise<number> {
       metadata: parseMetadataArgs(values),
       logger,
       tls,
+      authorizeReplication,
     }),
   );
+  if (tls === undefined)
+    logger.warn(
+      "the replication export is open to anyone who reaches the port: use TLS with --replication-peer off loopback",
+    );
+  else
+    logger.info(
+      { replicationPeers: values["replication-peer"] },
+      "the replication export takes the stream only from these primaries",
+    );
   const adminServer =
     admin?.kind === "tcp"
       ? (

@@ -1,6 +1,14 @@
 // The TLS options of every command that serves NBD (serve, primary, secondary).
 import { clientTlsFromUri } from "../../nbd/client/client.js";
-import { loadServerTls, TlsConfigError, type ServerTls } from "../../nbd/tls.js";
+import {
+  loadServerTls,
+  parseTrustedPeer,
+  TlsConfigError,
+  trustOnly,
+  type ServerTls,
+  type TlsPeer,
+  type TrustedPeer,
+} from "../../nbd/tls.js";
 import { parseNbdUri } from "../../nbd/uri.js";
 import { asUsage } from "./common.js";
 import { oneOf, UsageError } from "./args.js";
@@ -27,8 +35,14 @@ interface TlsValues {
   "tls-verify-peer"?: boolean;
 }
 
-/** The server's TLS, or undefined for --tls off; configuration mistakes are usage errors. */
-export async function parseTlsArgs(values: TlsValues): Promise<ServerTls | undefined> {
+/**
+ * The server's TLS, or undefined for --tls off; configuration mistakes are usage
+ * errors. `requestPeer`: ask clients for a certificate even without --tls-verify-peer.
+ */
+export async function parseTlsArgs(
+  values: TlsValues,
+  requestPeer = false,
+): Promise<ServerTls | undefined> {
   const certificates = values["tls-certificates"];
   const psk = values["tls-psk"];
   const credentials = certificates !== undefined || psk !== undefined;
@@ -54,6 +68,7 @@ export async function parseTlsArgs(values: TlsValues): Promise<ServerTls | undef
       certificates,
       psk,
       verifyPeer: values["tls-verify-peer"] === true,
+      requestPeer: requestPeer && certificates !== undefined,
     });
   } catch (err) {
     if (err instanceof TlsConfigError) throw new UsageError(err.message, { cause: err });
@@ -80,4 +95,49 @@ export async function checkRemoteUri(uri: string, option: string): Promise<void>
 /** The URI hosts should use: nbds:// when the server insists on TLS. */
 export function tlsUri(uri: string, tls: ServerTls | undefined): string {
   return tls?.mode === "require" ? uri.replace(/^nbd(\+unix)?:/, "nbds$1:") : uri;
+}
+
+export const REPLICATION_PEER_HELP = `  --replication-peer WHO  with TLS: the primary allowed on the replication
+                          export: cn:NAME or sha256:FINGERPRINT of its client
+                          certificate (signed by ca-cert.pem), or psk:IDENTITY;
+                          repeatable. Hosts need no client certificate unless
+                          --tls-verify-peer`;
+
+/** --replication-peer values, parsed (usage errors name the bad one). */
+export function parseTrustedPeers(values: readonly string[] | undefined): TrustedPeer[] {
+  return (values ?? []).map((text) => {
+    try {
+      return parseTrustedPeer(text);
+    } catch (err) {
+      throw new UsageError(`--replication-peer ${(err as Error).message}`, { cause: err });
+    }
+  });
+}
+
+/** The replication export's authorize hook from --replication-peer, checked against the TLS set-up. */
+export function replicationAuthorizer(
+  trusted: readonly TrustedPeer[],
+  tls: ServerTls | undefined,
+): ((peer: TlsPeer | null) => string | undefined) | undefined {
+  if (tls === undefined) {
+    if (trusted.length > 0) throw new UsageError("--replication-peer needs --tls on or require");
+    return undefined;
+  }
+  if (trusted.length === 0)
+    throw new UsageError(
+      tls.kind === "psk"
+        ? "with TLS, name the primary allowed to replicate: --replication-peer psk:IDENTITY"
+        : "with TLS, name the primary allowed to replicate: --replication-peer cn:NAME or sha256:FINGERPRINT",
+    );
+  for (const t of trusted) {
+    if (t.kind === "psk" && tls.kind !== "psk")
+      throw new UsageError(`--replication-peer psk:${t.value} needs --tls-psk`);
+    if (t.kind === "psk" && tls.keys?.has(t.value) !== true)
+      throw new UsageError(
+        `--replication-peer psk:${t.value}: the PSK file has no key for "${t.value}"`,
+      );
+    if (t.kind !== "psk" && tls.kind !== "x509")
+      throw new UsageError(`--replication-peer ${t.kind}:${t.value} needs --tls-certificates`);
+  }
+  return trustOnly(trusted, "the replication export");
 }

@@ -5,7 +5,7 @@
 import { NbdServer } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
-import type { ServerTls } from "../../nbd/tls.js";
+import type { ServerTls, TlsPeer } from "../../nbd/tls.js";
 import { OrderedFilter } from "../backend/ordered.js";
 import { ORDERED_STREAM_DESCRIPTION } from "../mirror/link.js";
 import { openVolume, type VolumeSpec } from "../volume.js";
@@ -29,6 +29,8 @@ export interface SecondaryOptions {
   logger: Logger;
   /** TLS on the NBD port: the host export and the replication export. */
   tls?: ServerTls;
+  /** Who may write the replication stream: the reason to refuse a session's TLS peer, or undefined. */
+  authorizeReplication?: (peer: TlsPeer | null) => string | undefined;
 }
 
 /** A primary counts as connected while it sent anything this recently (its link pings every second). */
@@ -139,6 +141,7 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
         description: ORDERED_STREAM_DESCRIPTION,
         volume: replication,
         metaContexts: [marks, checksums],
+        authorize: options.authorizeReplication,
       },
     ],
     logger,

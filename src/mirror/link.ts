@@ -253,7 +253,14 @@ export class Link {
       this.pump();
     } catch (err) {
       this.errors++;
-      this.lastError = (err as Error).message;
+      const message = (err as Error).message;
+      // Retrying goes on (the secondary may be reconfigured), but say once what is wrong.
+      if (refusedCredentials(err) && message !== this.lastError)
+        logger.error(
+          { remote, err: message },
+          "the secondary refused this primary's credentials: check --remote's TLS parameters and the secondary's --replication-peer",
+        );
+      this.lastError = message;
       this.state = LinkState.DOWN;
       this.scheduleRetry(err as Error);
     }
@@ -441,4 +448,12 @@ function replicationHint(remote: string): string {
   } catch {
     return "nbd://HOST:PORT/replication";
   }
+}
+
+/** A refusal a retry cannot cure: TLS handshake failed, TLS required, or the export's policy. */
+function refusedCredentials(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return (
+    code === "ETLSHANDSHAKE" || code === "NBD_REP_ERR_POLICY" || code === "NBD_REP_ERR_TLS_REQD"
+  );
 }

@@ -14,6 +14,10 @@ export interface Pki {
   readonly expired: string;
   /** Only ca-cert.pem (a client without its own certificate). */
   readonly caOnly: string;
+  /** The good CA's ca-cert.pem and a client certificate it signed for CN "intruder". */
+  readonly intruder: string;
+  /** The good CA's ca-cert.pem and the rogue CA's client certificate (CN "primary-a"). */
+  readonly foreign: string;
   /** psktool files: alice's key, eve's key, and alice with a wrong key. */
   readonly psk: { readonly alice: string; readonly eve: string; readonly aliceWrong: string };
   /** A qemu tls-creds-psk directory (keys.psk) for alice. */
@@ -78,6 +82,8 @@ export async function makePki(dir: string): Promise<Pki> {
   const expired = join(dir, "expired");
   const caOnly = join(dir, "ca-only");
   const qemuPsk = join(dir, "qemu-psk");
+  const intruder = join(dir, "intruder");
+  const foreign = join(dir, "foreign");
   await Promise.all([ca(good, "peercopy test CA"), ca(rogue, "rogue CA")]);
   await Promise.all([
     issue(good, good, "server", `${SERVER}expiration_days = 30\n`),
@@ -95,6 +101,14 @@ export async function makePki(dir: string): Promise<Pki> {
   await cp(join(good, "ca-cert.pem"), join(expired, "ca-cert.pem"));
   await mkdir(caOnly, { recursive: true });
   await cp(join(good, "ca-cert.pem"), join(caOnly, "ca-cert.pem"));
+  await mkdir(intruder, { recursive: true });
+  await issue(good, intruder, "client", client("intruder"));
+  await cp(join(good, "ca-cert.pem"), join(intruder, "ca-cert.pem"));
+  await mkdir(foreign, { recursive: true });
+  await Promise.all(
+    ["client-cert.pem", "client-key.pem"].map((f) => cp(join(rogue, f), join(foreign, f))),
+  );
+  await cp(join(good, "ca-cert.pem"), join(foreign, "ca-cert.pem"));
   const psk = {
     alice: join(dir, "alice.psk"),
     eve: join(dir, "eve.psk"),
@@ -105,5 +119,5 @@ export async function makePki(dir: string): Promise<Pki> {
   await runOk("psktool", ["-u", "alice", "-p", psk.aliceWrong]);
   await mkdir(qemuPsk, { recursive: true });
   await cp(psk.alice, join(qemuPsk, "keys.psk"));
-  return { good, rogue, expired, caOnly, psk, qemuPsk };
+  return { good, rogue, expired, caOnly, intruder, foreign, psk, qemuPsk };
 }
