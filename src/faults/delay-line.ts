@@ -3,6 +3,7 @@
 // cap, and nothing at all while the link is frozen. With nothing to emulate
 // and nothing queued a chunk is delivered at once, so a link at zero settings
 // costs one function call per chunk.
+import { preciseClock, type Sleeper } from "./clock.js";
 import type { LinkShape } from "./settings.js";
 
 /** A chunk of bytes, or an NBD reply the emulated far end sends in place of a dropped request. */
@@ -19,13 +20,14 @@ export interface LineSink {
   batch(start: boolean): void;
 }
 
-export class DelayLine {
+export class DelayLine implements Sleeper {
   bytes = 0;
   private readonly items: LineItem[] = [];
   private head = 0;
   private busyUntil = 0;
   private lastDue = 0;
-  private timer: NodeJS.Timeout | undefined;
+  /** A wake-up is asked of the clock. */
+  private armed = false;
   private paused = false;
 
   constructor(
@@ -75,46 +77,47 @@ export class DelayLine {
 
   /** The frozen-until time moved: look again when the head is due. */
   reschedule(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    if (this.armed) preciseClock().cancel(this);
+    this.armed = false;
     this.schedule();
   }
 
   close(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    if (this.armed) preciseClock().cancel(this);
+    this.armed = false;
     this.items.length = 0;
     this.head = 0;
     this.bytes = 0;
   }
 
   private schedule(): void {
-    if (this.timer !== undefined || this.paused || this.empty) return;
+    if (this.armed || this.paused || this.empty) return;
     const head = this.items[this.head] as LineItem;
     const at = Math.max(head.due, this.shape().frozenUntil);
     const wait = at - this.now();
-    if (wait <= 0) {
+    if (wait <= preciseClock().slack) {
       this.release();
       return;
     }
-    this.timer = setTimeout(this.onTimer, wait);
+    this.armed = true;
+    preciseClock().at(this, wait);
   }
 
-  private readonly onTimer = (): void => {
-    this.timer = undefined;
+  /** The clock's call: the head is due. */
+  wake(): void {
+    this.armed = false;
     this.release();
-  };
+  }
 
   private release(): void {
     const t = this.now();
     if (this.shape().frozenUntil > t) return this.schedule();
     const items = this.items;
-    // Timers fire up to a millisecond late; what is due within 0.25 ms goes now too.
-    const batch =
-      this.head + 1 < items.length && (items[this.head + 1] as LineItem).due <= t + 0.25;
+    const soon = t + preciseClock().slack;
+    const batch = this.head + 1 < items.length && (items[this.head + 1] as LineItem).due <= soon;
     if (batch) this.sink.batch(true);
     let ok = true;
-    while (ok && this.head < items.length && (items[this.head] as LineItem).due <= t + 0.25) {
+    while (ok && this.head < items.length && (items[this.head] as LineItem).due <= soon) {
       const item = items[this.head] as LineItem;
       items[this.head++] = undefined as unknown as LineItem;
       this.bytes -= item.bytes.length;
