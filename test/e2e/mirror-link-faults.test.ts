@@ -162,7 +162,8 @@ describe.skipIf(!ready)("link emulation", () => {
 
   it("an emulated EIO reply makes the primary react as nbdkit's real one does", async () => {
     const dir = await controllerTempDir();
-    const written = 3 * MiB;
+    // Past the first resync window: the initial copy must not itself send a write there.
+    const written = 100 * MiB;
 
     // A real EIO: nbdkit's error filter fails every write while its trigger file exists.
     const trigger = join(dir, "nbdkit-errors");
