@@ -9,6 +9,8 @@ export interface ControllerInfo {
   size: number;
   metadata?: string | undefined;
   hostConnections: () => number;
+  /** Requests and bytes the hosts asked for (writes count zeroes and trims too). */
+  hostIo?: { reads: number; writes: number; readBytes: number; writtenBytes: number };
 }
 
 export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<string, unknown> {
@@ -39,6 +41,10 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
       connections: info.hostConnections(),
       volume: info.volume,
       size: info.size,
+      reads: info.hostIo?.reads ?? null,
+      writes: info.hostIo?.writes ?? null,
+      readBytes: info.hostIo?.readBytes ?? null,
+      writtenBytes: info.hostIo?.writtenBytes ?? null,
     },
     trackSize: m.planner.trackSize,
     outOfSync: {

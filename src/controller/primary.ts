@@ -3,6 +3,7 @@ import { NbdServer } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
 import type { ServerTls } from "../../nbd/tls.js";
+import { CountingFilter } from "../backend/counting.js";
 import { MirrorFilter, type MirrorOptions } from "../mirror/mirror.js";
 import { LinkState } from "../mirror/link.js";
 import { PairState, SuspendReason } from "../mirror/pair.js";
@@ -102,12 +103,13 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     logger,
     linkConnect: emulator?.connect,
   });
+  const hostIo = new CountingFilter(mirror);
   const server = new NbdServer({
     exports: [
       {
         name: options.exportName,
         description: `${volume.description} (primary)`,
-        volume: mirror,
+        volume: hostIo,
         metaContexts: [
           outOfSyncContext(side.bits, mirror.planner.trackSize, local.size),
           checksumContext(local, mirror.planner.trackSize),
@@ -146,6 +148,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     size: local.size,
     metadata: side.path,
     hostConnections: () => server.connectionCount,
+    hostIo,
   };
   const report = (drained: boolean): StopReport => ({
     inSync:
