@@ -4,6 +4,7 @@ import http from "node:http";
 import { once } from "node:events";
 import { Gauge, Registry } from "prom-client";
 import type { Logger } from "../../nbd/logger.js";
+import type { Dashboard } from "./dashboard.js";
 
 export type Action = (body: Record<string, unknown>) => unknown;
 
@@ -13,6 +14,8 @@ export interface AdminOptions {
   status: () => Record<string, unknown>;
   actions: Readonly<Record<string, Action>>;
   logger: Logger;
+  /** The live page at GET / and its data under /dashboard/ (src/admin/dashboard.ts). */
+  dashboard?: Dashboard | undefined;
 }
 
 export class AdminServer {
@@ -40,12 +43,15 @@ export class AdminServer {
   }
 
   close(): Promise<void> {
+    this.options.dashboard?.stop();
     this.server.closeAllConnections();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = new URL(req.url ?? "/", "http://admin").pathname.replace(/\/+$/, "") || "/";
+    const url = new URL(req.url ?? "/", "http://admin");
+    const path = url.pathname.replace(/\/+$/, "") || "/";
+    if (req.method === "GET" && this.options.dashboard?.serve(path, url, res) === true) return;
     if (req.method === "GET" && path === "/status") return reply(res, 200, this.options.status());
     if (req.method === "GET" && path === "/metrics") {
       this.refreshMetrics();
@@ -57,7 +63,7 @@ export class AdminServer {
     if (action === undefined) {
       const known = Object.keys(this.options.actions).map((a) => `POST /${a}`);
       return reply(res, 404, {
-        error: `no such endpoint; try GET /status, GET /metrics, ${known.join(", ")}`,
+        error: `no such endpoint: ${req.method ?? "?"} ${path}; try GET / (the dashboard), GET /status, GET /metrics, ${known.join(", ")}`,
       });
     }
     let body: Record<string, unknown> = {};

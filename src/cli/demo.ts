@@ -3,6 +3,7 @@ import path from "node:path";
 import { startPrimary } from "../controller/primary.js";
 import { startSecondary } from "../controller/secondary.js";
 import { startAdmin } from "../admin/server.js";
+import { Dashboard } from "../admin/dashboard.js";
 import { MirrorMode } from "../mirror/pair.js";
 import { createLogger } from "./log.js";
 import { stopMessage } from "./pair-options.js";
@@ -65,6 +66,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     port: adminAt.kind === "tcp" ? adminAt.port : 0,
     status: primary.status,
     actions: primary.actions,
+    dashboard: new Dashboard({ status: primary.status, marks: primary.mirror.tracks }),
     logger,
   });
   const adminServer = admin.server;

@@ -1,5 +1,6 @@
 import { startPrimary } from "../controller/primary.js";
 import { startAdmin } from "../admin/server.js";
+import { Dashboard } from "../admin/dashboard.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
 import { validateTrackSize } from "../sequencer/plan.js";
 import { createLogger } from "./log.js";
@@ -154,6 +155,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
             port: admin.port,
             status: primary.status,
             actions: primary.actions,
+            dashboard: new Dashboard({ status: primary.status, marks: primary.mirror.tracks }),
             logger,
           })
         ).server

@@ -1,5 +1,6 @@
 import { startSecondary } from "../controller/secondary.js";
 import { startAdmin } from "../admin/server.js";
+import { Dashboard } from "../admin/dashboard.js";
 import { createLogger } from "./log.js";
 import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
@@ -89,6 +90,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
             port: admin.port,
             status: secondary.status,
             actions: secondary.actions,
+            dashboard: new Dashboard({ status: secondary.status, marks: secondary.side.bits }),
             logger,
           })
         ).server
