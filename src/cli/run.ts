@@ -6,6 +6,7 @@ import { demoCommand } from "./demo.js";
 import { controlCommand, controlGroup } from "./control.js";
 import { MetadataError } from "../metadata/errors.js";
 import { ConfigError } from "../controller/primary.js";
+import { attachCommand, detachCommand } from "./attach.js";
 
 const USAGE = `usage: peercopy <command> [options]
 
@@ -27,6 +28,8 @@ commands:
   link set           change a primary's link emulation (latency, faults) at run time
   link cut           close a primary's link connection (it reconnects)
   disk set           change a primary's disk faults (EIO, slow writes) at run time
+  attach NBD-URI     attach an export as a block device (/dev/nbdN or /dev/loopN)
+  detach DEVICE      undo attach
 
 Run "peercopy <command> --help" for the options of a command.`;
 
@@ -47,6 +50,8 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   verify: controlCommand("verify"),
   link: controlGroup("link"),
   disk: controlGroup("disk"),
+  attach: attachCommand,
+  detach: detachCommand,
 };
 
 /** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage or configuration error). */
