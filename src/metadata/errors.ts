@@ -10,6 +10,8 @@ export const MetadataErrorCode = {
   EMETA_VERSION: "EMETA_VERSION",
   /** The file is missing and the caller asked not to create it. */
   EMETA_MISSING: "EMETA_MISSING",
+  /** Another process has the file open (its lock file names the pid). */
+  EMETA_IN_USE: "EMETA_IN_USE",
   /** Reading or writing the file failed. */
   EMETA_IO: "EMETA_IO",
 } as const;

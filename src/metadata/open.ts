@@ -3,13 +3,18 @@ import { randomBytes } from "node:crypto";
 import { type FileHandle, link, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { MetadataError } from "./errors.js";
+import { lockMetadata, type MetadataLock } from "./lock.js";
 import { newGeneration } from "./generation.js";
 import { MetaFlag, MetaRole, geometry } from "./layout.js";
 import { FileMetadata, formatMetadata } from "./store.js";
 import type { MetaIo, OpenOptions, PairMetadata } from "./types.js";
 
 export class FileMetaIo implements MetaIo {
-  constructor(private readonly fh: FileHandle) {}
+  constructor(
+    private readonly fh: FileHandle,
+    /** Runs after the file is closed (releases the metadata lock). */
+    private readonly onClose: () => Promise<void> = () => Promise.resolve(),
+  ) {}
   async read(buf: Buffer, offset: number): Promise<number> {
     let done = 0;
     while (done < buf.length) {
@@ -29,8 +34,12 @@ export class FileMetaIo implements MetaIo {
   sync(): Promise<void> {
     return this.fh.datasync();
   }
-  close(): Promise<void> {
-    return this.fh.close();
+  async close(): Promise<void> {
+    try {
+      await this.fh.close();
+    } finally {
+      await this.onClose();
+    }
   }
 }
 
@@ -40,8 +49,23 @@ function isCode(err: unknown, code: string): boolean {
 
 export async function openMetadata(path: string, o: OpenOptions): Promise<PairMetadata> {
   const g = geometry(o.volumeSize, o.trackSize, o.extentSize, o.alExtents); // caller's mistakes throw here
+  const lock = await lockMetadata(path);
+  try {
+    return await openLocked(path, o, g, lock);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+async function openLocked(
+  path: string,
+  o: OpenOptions,
+  g: ReturnType<typeof geometry>,
+  lock: MetadataLock,
+): Promise<PairMetadata> {
   if (o.create !== "overwrite") {
-    const existing = await openExisting(path, o);
+    const existing = await openExisting(path, o, lock);
     if (existing !== undefined) return existing;
     if (o.create === "never")
       throw new MetadataError(
@@ -91,13 +115,17 @@ export async function openMetadata(path: string, o: OpenOptions): Promise<PairMe
       },
     );
   }
-  const created = await openExisting(path, o);
+  const created = await openExisting(path, o, lock);
   if (created === undefined)
     throw new MetadataError("EMETA_IO", `metadata ${path}: vanished after creating it`);
   return created;
 }
 
-async function openExisting(path: string, o: OpenOptions): Promise<PairMetadata | undefined> {
+async function openExisting(
+  path: string,
+  o: OpenOptions,
+  lock: MetadataLock,
+): Promise<PairMetadata | undefined> {
   let fh: FileHandle;
   try {
     fh = await open(path, "r+");
@@ -111,11 +139,11 @@ async function openExisting(path: string, o: OpenOptions): Promise<PairMetadata 
       },
     );
   }
-  const io = new FileMetaIo(fh);
+  const io = new FileMetaIo(fh, () => lock.release());
   try {
     return await FileMetadata.load(io, path, o);
   } catch (err) {
-    await io.close().catch(() => {});
+    await fh.close().catch(() => {});
     throw err;
   }
 }

@@ -265,6 +265,22 @@ describe.skipIf(!ready)("pair across restarts and failover", () => {
     expect(await readImage(secondary.image, 3 * TRACK, TRACK)).toEqual(filled(TRACK, 0x01));
   });
 
+  it("a second controller on the same volume is refused; its metadata is in use", async () => {
+    const dir = await controllerTempDir();
+    const secondary = await startSecondary({ image: join(dir, "s.img") });
+    const second = await cli([
+      "primary",
+      secondary.image,
+      "--listen",
+      "127.0.0.1:0",
+      "--remote",
+      "nbd://127.0.0.1:1/",
+    ]);
+    expect(second.exitCode, describeRun(second)).toBe(2);
+    expect(second.stderr).toMatch(new RegExp(`in use by process ${secondary.pid}`));
+    await secondary.stopClean();
+  });
+
   it("a read-only remote is a configuration error at start, with the fix", async () => {
     const dir = await controllerTempDir();
     const secondary = await startSecondary({ image: join(dir, "s.img") });

@@ -1,6 +1,7 @@
 // openMetadata on real files: creation, the open errors an operator sees, and a
 // clean close followed by a reopen.
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -190,5 +191,28 @@ describe("createMemoryMetadata", () => {
     await m.updateHeader({ role: MetaRole.SECONDARY });
     expect(m.header.role).toBe(MetaRole.SECONDARY);
     await m.close();
+  });
+});
+
+describe("one controller per metadata file", () => {
+  it("a second open while the first is open is refused, naming the owner; a dead owner's lock is taken over", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "peercopy-meta-lock-"));
+    const path = join(dir, "v.pcmeta");
+    const o = { volumeSize: 64 * 1024 * 1024, trackSize: 65536, create: "if-missing" } as const;
+    const first = await openMetadata(path, o);
+    const refused = await openMetadata(path, o).then(
+      () => undefined,
+      (err: unknown) => err as MetadataError,
+    );
+    expect(refused?.code).toBe("EMETA_IN_USE");
+    expect(refused?.message).toContain(`in use by process ${process.pid}`);
+    await first.close();
+    // A lock left by a process that no longer runs (as after SIGKILL).
+    const dead = spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"]);
+    await writeFile(`${path}.lock`, `${dead.stdout.toString()}\n`);
+    const again = await openMetadata(path, o);
+    expect((await readFile(`${path}.lock`, "utf8")).trim()).toBe(String(process.pid));
+    await again.close();
+    await expect(readFile(`${path}.lock`)).rejects.toMatchObject({ code: "ENOENT" });
   });
 });
