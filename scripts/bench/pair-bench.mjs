@@ -11,7 +11,7 @@
 //                                     [--only resync,metadata]
 import { randomBytes } from "node:crypto";
 import { mkdtemp, open, rm, writeFile, mkdir } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -208,6 +208,7 @@ async function main() {
     await rm(dir, { recursive: true, force: true });
   };
   process.once("SIGINT", () => void cleanup().then(() => process.exit(130)));
+  const loadBefore = loadavg()[0];
   try {
     const pImage = join(dir, "p.img");
     await fillImage(pImage, size);
@@ -254,7 +255,8 @@ async function main() {
     await writeFile(
       join(values.out, "pair.md"),
       `# Pair benchmark\n\n${runs} runs each, medians; ${values.size} volume; ` +
-        `fio runs of ${runtime} s. Produced by \`node scripts/bench/pair-bench.mjs\`.\n\n` +
+        `fio runs of ${runtime} s; load average ${fmt(loadBefore, 1)} before and ` +
+        `${fmt(loadavg()[0], 1)} after. Produced by \`node scripts/bench/pair-bench.mjs\`.\n\n` +
         `${markdownTable(rows)}\n\nEvery run:\n\n` +
         `- resync MiB/s: ${copies.resync.map((x) => fmt(x, 0)).join(", ")}\n` +
         `- nbdcopy MiB/s: ${copies.nbdcopy.map((x) => fmt(x, 0)).join(", ")}\n` +
