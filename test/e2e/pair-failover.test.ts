@@ -13,6 +13,7 @@ import {
   startPair,
   startPrimary,
   startSecondary,
+  stopFio,
   type Primary,
   type PrimaryStatus,
   type Secondary,
@@ -154,9 +155,7 @@ describe.skipIf(!ready)("pair across restarts and failover", () => {
       await current.stop("SIGKILL");
       current = await startSecondary({ image: secondary.image, port: secondary.port });
     }
-    const stopped = await run("pkill", ["-INT", "-f", `fio.*uri=${primary.uri}`]);
-    expect(stopped.exitCode, describeRun(stopped)).toBe(0);
-    const done = await load;
+    const done = await stopFio(primary.uri, load);
     expect(done.jobs[0]?.error ?? -1, describeRun(done.result)).toBe(0);
     const synced = await primary.waitForStatus(
       (s) => s.pairState === "full-duplex" && s.outOfSync.tracks === 0 && s.lag.writes === 0,

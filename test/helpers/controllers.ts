@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { execa, type ResultPromise } from "execa";
 import { onTestFailed, onTestFinished } from "vitest";
 import { PEERCOPY_MAIN } from "./server.js";
-import { run, type RunResult } from "./tools.js";
+import { describeRun, run, type RunResult } from "./tools.js";
 
 export type Role = "primary" | "secondary";
 
@@ -428,6 +428,17 @@ export async function fio(
   } catch {
     return { result, jobs: [] };
   }
+}
+
+/**
+ * Ends a time-based fio run against `uri` the way Ctrl-C does (SIGINT: fio
+ * stops, reports and exits 0) and returns its report. Throws if none was running.
+ */
+export async function stopFio(uri: string, load: Promise<FioRun>): Promise<FioRun> {
+  const stopped = await run("pkill", ["-INT", "-f", `fio.*uri=${uri}`]);
+  if (stopped.exitCode !== 0)
+    throw new Error(`no fio against ${uri} to stop: ${describeRun(stopped)}`);
+  return load;
 }
 
 /** `qemu-img compare` of two raw images: its output and exit code. */
