@@ -82,7 +82,12 @@ export const PSK_CIPHERS = [
 
 const VERSIONS = { minVersion: "TLSv1.2", maxVersion: "TLSv1.3" } as const;
 
-async function readPem(dir: string, name: string, required: boolean): Promise<Buffer | undefined> {
+/** One PEM file of a credentials directory; a missing required one is a TlsConfigError naming it. */
+export async function readPem(
+  dir: string,
+  name: string,
+  required: boolean,
+): Promise<Buffer | undefined> {
   const path = join(dir, name);
   try {
     return await readFile(path);

@@ -1,10 +1,14 @@
 // The admin API: GET /status (JSON), GET /metrics (Prometheus text), and POST
-// actions. Bound to loopback by default; it has no authentication yet.
+// actions. Bound to loopback by default. Actions need the admin token (auth.ts),
+// reads too unless they come from loopback; HTTPS with a certificate directory.
 import http from "node:http";
+import https from "node:https";
 import { once } from "node:events";
+import { rm } from "node:fs/promises";
 import { Gauge, Registry } from "prom-client";
 import type { Logger } from "../../nbd/logger.js";
 import type { Dashboard } from "./dashboard.js";
+import { bearerMatches, generateAdminToken, isLoopback, type AdminToken } from "./auth.js";
 
 export type Action = (body: Record<string, unknown>) => unknown;
 
@@ -16,19 +20,48 @@ export interface AdminOptions {
   logger: Logger;
   /** The live page at GET / and its data under /dashboard/ (src/admin/dashboard.ts). */
   dashboard?: Dashboard | undefined;
+  /** The operator's token (--admin-token-file); without one, a random one is written in tokenDir. */
+  token?: AdminToken;
+  /** Where a generated token goes (see defaultTokenFile). */
+  tokenDir?: string;
+  /** HTTPS with this certificate and key (PEM); plain HTTP without. */
+  tls?: { readonly cert: Buffer; readonly key: Buffer };
 }
+
+/** How long a client may take to send a request's headers, and all of it. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+/** Admin clients are a few tools and people: more connections than this wait. */
+const MAX_CONNECTIONS = 64;
 
 export class AdminServer {
   private readonly server: http.Server;
   private readonly registry = new Registry();
   private readonly gauges = new Map<string, Gauge>();
+  /** Set once listening (a generated token needs the port). */
+  token: AdminToken | undefined;
 
   constructor(private readonly options: AdminOptions) {
-    this.server = http.createServer((req, res) => {
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       this.handle(req, res).catch((err: unknown) =>
         reply(res, 500, { error: (err as Error).message }),
       );
-    });
+    };
+    this.server =
+      options.tls === undefined
+        ? http.createServer(handler)
+        : https.createServer(
+            { cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2" },
+            handler,
+          );
+    this.server.headersTimeout = HEADERS_TIMEOUT_MS;
+    this.server.requestTimeout = REQUEST_TIMEOUT_MS;
+    this.server.maxConnections = MAX_CONNECTIONS;
+    this.token = options.token;
+  }
+
+  get scheme(): "http" | "https" {
+    return this.options.tls === undefined ? "http" : "https";
   }
 
   async listen(): Promise<{ host: string; port: number }> {
@@ -39,18 +72,47 @@ export class AdminServer {
     ]);
     const address = this.server.address();
     const port = typeof address === "object" && address !== null ? address.port : this.options.port;
+    if (this.token === undefined) {
+      const dir = this.options.tokenDir;
+      if (dir === undefined) throw new Error("the admin API needs a token or a tokenDir");
+      this.token = await generateAdminToken(dir, this.options.host, port);
+    }
     return { host: this.options.host, port };
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.options.dashboard?.stop();
     this.server.closeAllConnections();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    if (this.token?.generated === true) await rm(this.token.file, { force: true });
+  }
+
+  /** Why this request may not go on (401), or undefined. */
+  private refusal(req: http.IncomingMessage): string | undefined {
+    const read = req.method === "GET" || req.method === "HEAD";
+    if (read && isLoopback(req.socket.remoteAddress)) return undefined;
+    const token = this.token?.value;
+    const header = req.headers.authorization;
+    if (token !== undefined && bearerMatches(header, token)) return undefined;
+    const what = read ? "reads from off this host" : "actions";
+    return header === undefined
+      ? `${what} need the admin token: send "Authorization: Bearer TOKEN" (peercopy commands: --admin-token-file FILE)`
+      : "the admin token is wrong";
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://admin");
     const path = url.pathname.replace(/\/+$/, "") || "/";
+    const refused = this.refusal(req);
+    if (refused !== undefined) {
+      this.options.logger.warn(
+        { from: req.socket.remoteAddress, method: req.method, path, reason: refused },
+        "admin request refused",
+      );
+      req.resume();
+      res.setHeader("www-authenticate", 'Bearer realm="peercopy"');
+      return reply(res, 401, { error: refused });
+    }
     if (req.method === "GET" && this.options.dashboard?.serve(path, url, res) === true) return;
     if (req.method === "GET" && path === "/status") return reply(res, 200, this.options.status());
     if (req.method === "GET" && path === "/metrics") {
@@ -141,7 +203,11 @@ export async function startAdmin(
 ): Promise<{ server: AdminServer; statusUrl: string; base: string }> {
   const server = new AdminServer(options);
   const bound = await server.listen();
-  const base = `http://${bound.host}:${bound.port}`;
-  options.logger.info({ status: `${base}/status` }, "admin API");
+  const host = bound.host.includes(":") ? `[${bound.host}]` : bound.host;
+  const base = `${server.scheme}://${host}:${bound.port}`;
+  options.logger.info(
+    { status: `${base}/status`, tokenFile: server.token?.file, tls: options.tls !== undefined },
+    "admin API",
+  );
   return { server, statusUrl: `${base}/status`, base };
 }

@@ -1,5 +1,11 @@
 // Commands that talk to a running controller's admin API.
+import http from "node:http";
+import https from "node:https";
+import { existsSync } from "node:fs";
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { defaultTokenFile, readTokenFile } from "../admin/auth.js";
+import { readPem } from "../../nbd/tls.js";
+import { tokenDir } from "./admin-options.js";
 import { asUsage, waitForSignal } from "./common.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { watch } from "./watch.js";
@@ -8,8 +14,17 @@ import { LINK_SET_HELP, LINK_SET_OPTIONS, linkSetBody } from "./link-options.js"
 
 const COMMON = {
   admin: { type: "string" },
+  "admin-token-file": { type: "string" },
+  "admin-tls-certificates": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
+
+const COMMON_HELP = `  --admin HOST:PORT        the controller's admin API (default 127.0.0.1:10819)
+  --admin-token-file FILE  the token actions need: the file the controller was
+                           given, by default the one it wrote for HOST:PORT
+  --admin-tls-certificates DIR
+                           HTTPS, checking the server against DIR/ca-cert.pem
+`;
 
 type Values = Record<string, string | boolean | undefined>;
 
@@ -25,7 +40,7 @@ interface Verb {
   /** The JSON body of the POST, from the parsed options. */
   readonly body?: (values: Values) => Record<string, unknown>;
   /** After the reply was printed: follow up (e.g. wait for the end); returns the exit code. */
-  readonly then?: (base: string, values: Values) => Promise<number>;
+  readonly then?: (admin: AdminTarget, values: Values) => Promise<number>;
 }
 
 function rateOption(text: string, flag: string): number {
@@ -89,7 +104,7 @@ const VERBS: Readonly<Record<string, Verb>> = {
       resync: v["no-resync"] !== true,
       rate: typeof v.rate === "string" ? rateOption(v.rate, "--rate") : 0,
     }),
-    then: async (base, v) => (v.wait === true ? waitForVerify(base) : 0),
+    then: async (admin, v) => (v.wait === true ? waitForVerify(admin) : 0),
   },
   "link set": {
     usage: " SETTING...   (on a primary with link emulation)",
@@ -129,10 +144,10 @@ interface VerifyStatus {
 }
 
 /** Polls the status until the verify ends; prints its result. 0: no differences found. */
-async function waitForVerify(base: string): Promise<number> {
+async function waitForVerify(admin: AdminTarget): Promise<number> {
   for (;;) {
     await new Promise((r) => setTimeout(r, 500));
-    const s = (await call(base, "GET", "/status")) as VerifyStatus;
+    const s = (await call(admin, "GET", "/status")) as VerifyStatus;
     const v = s.verify;
     if (v === undefined) throw new Error("this controller reports no verify");
     if (v.running) continue;
@@ -153,36 +168,107 @@ async function waitForVerify(base: string): Promise<number> {
 
 export const CONTROL_VERBS = Object.keys(VERBS);
 
-export function adminBase(value: string | undefined): string {
-  const ep = parseListen(value ?? "127.0.0.1:10819", "--admin");
+/** An admin API to call: its base URL, the token, and the CA for HTTPS. */
+export interface AdminTarget {
+  readonly base: string;
+  readonly token: string | undefined;
+  readonly ca: Buffer | undefined;
+}
+
+/** The --admin, --admin-token-file and --admin-tls-certificates of a command. */
+export async function adminTarget(values: Values): Promise<AdminTarget> {
+  const text = typeof values.admin === "string" ? values.admin : "127.0.0.1:10819";
+  const ep = parseListen(text, "--admin");
   if (ep.kind !== "tcp") throw new UsageError("--admin takes HOST:PORT");
-  return `http://${ep.host}:${ep.port}`;
+  const dir = values["admin-tls-certificates"];
+  const ca =
+    typeof dir === "string"
+      ? await asUsageAsync(() => readPem(dir, "ca-cert.pem", true))
+      : undefined;
+  const host = ep.host.includes(":") ? `[${ep.host}]` : ep.host;
+  const base = `${ca === undefined ? "http" : "https"}://${host}:${ep.port}`;
+  const given = values["admin-token-file"];
+  const file = typeof given === "string" ? given : defaultTokenFile(tokenDir(), ep.host, ep.port);
+  // Without --admin-token-file, reads on loopback still work when the default file is missing.
+  const token =
+    typeof given === "string" || existsSync(file)
+      ? await asUsageAsync(() => readTokenFile(file))
+      : undefined;
+  return { base, token, ca };
+}
+
+async function asUsageAsync<T>(load: () => Promise<T>): Promise<T> {
+  try {
+    return await load();
+  } catch (err) {
+    throw new UsageError((err as Error).message, { cause: err });
+  }
+}
+
+function request(
+  admin: AdminTarget,
+  method: "GET" | "POST",
+  path: string,
+  body: string | undefined,
+): Promise<{ status: number; text: string }> {
+  const url = new URL(path, admin.base);
+  const headers: Record<string, string> = {};
+  if (admin.token !== undefined) headers.authorization = `Bearer ${admin.token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const options = { method, headers, timeout: 30_000 };
+  return new Promise((resolve, reject) => {
+    const req =
+      url.protocol === "https:"
+        ? https.request(url, { ...options, ca: admin.ca, minVersion: "TLSv1.2" })
+        : http.request(url, options);
+    req.on("response", (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => (text += chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      res.on("error", reject);
+    });
+    req.on("timeout", () => req.destroy(new Error("no answer within 30 s")));
+    req.on("error", reject);
+    req.end(body);
+  });
 }
 
 export async function call(
-  base: string,
+  admin: AdminTarget,
   method: "GET" | "POST",
   path: string,
   body?: Record<string, unknown>,
 ): Promise<unknown> {
-  let res: Response;
+  let res: { status: number; text: string };
   try {
-    res = await fetch(`${base}${path}`, {
-      method,
-      ...(body === undefined
-        ? {}
-        : { body: JSON.stringify(body), headers: { "content-type": "application/json" } }),
-    });
+    res = await request(admin, method, path, body === undefined ? undefined : JSON.stringify(body));
   } catch (err) {
     throw new Error(
-      `cannot reach the admin API at ${base}: ${(err as Error).message}; is the controller running with --admin?`,
+      `cannot reach the admin API at ${admin.base}: ${(err as Error).message}; is the controller running with --admin?`,
       { cause: err },
     );
   }
-  const reply: unknown = await res.json();
-  if (!res.ok)
-    throw new Error(`${method} ${path}: ${(reply as { error?: string }).error ?? res.statusText}`);
+  let reply: unknown;
+  try {
+    reply = JSON.parse(res.text);
+  } catch {
+    throw new Error(`${method} ${path}: HTTP ${res.status}, not JSON: ${res.text.slice(0, 200)}`);
+  }
+  if (res.status < 200 || res.status > 299) {
+    const error = (reply as { error?: string }).error ?? `HTTP ${res.status}`;
+    const hint =
+      res.status === 401 && admin.token === undefined
+        ? `; no token was sent (no --admin-token-file, and no ${defaultTokenFileHint(admin)})`
+        : "";
+    throw new Error(`${method} ${path}: ${error}${hint}`);
+  }
   return reply;
+}
+
+function defaultTokenFileHint(admin: AdminTarget): string {
+  const url = new URL(admin.base);
+  return defaultTokenFile(tokenDir(), url.hostname.replace(/^\[|\]$/g, ""), Number(url.port));
 }
 
 export function controlCommand(action: string) {
@@ -194,21 +280,21 @@ export function controlCommand(action: string) {
     const values = parsed.values as Values;
     if (values.help === true) {
       process.stdout.write(
-        `usage: peercopy ${action} [--admin HOST:PORT]${verb.usage}\n  --admin defaults to 127.0.0.1:10819\n${verb.help ?? ""}`,
+        `usage: peercopy ${action} [--admin HOST:PORT]${verb.usage}\n${COMMON_HELP}${verb.help ?? ""}`,
       );
       return 0;
     }
-    const base = adminBase(values.admin as string | undefined);
+    const admin = await adminTarget(values);
     if (values.watch === true) {
       const interval = parseDuration((values.interval as string | undefined) ?? "1s", "--interval");
       const stop = waitForSignal().then(() => undefined);
-      await watch(() => call(base, "GET", "/status"), interval, stop);
+      await watch(() => call(admin, "GET", "/status"), interval, stop);
       return 0;
     }
     const body = verb.body?.(values);
-    const reply = await call(base, verb.method, verb.path ?? `/${action}`, body);
+    const reply = await call(admin, verb.method, verb.path ?? `/${action}`, body);
     process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
-    return verb.then === undefined ? 0 : verb.then(base, values);
+    return verb.then === undefined ? 0 : verb.then(admin, values);
   };
 }
 

@@ -4,6 +4,7 @@ import { startPrimary } from "../controller/primary.js";
 import { startSecondary } from "../controller/secondary.js";
 import { startAdmin } from "../admin/server.js";
 import { Dashboard } from "../admin/dashboard.js";
+import { tokenDir } from "./admin-options.js";
 import { MirrorMode } from "../mirror/pair.js";
 import { createLogger } from "./log.js";
 import { stopMessage } from "./pair-options.js";
@@ -68,6 +69,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     actions: primary.actions,
     dashboard: new Dashboard({ status: primary.status, marks: primary.mirror.tracks }),
     logger,
+    tokenDir: tokenDir(),
   });
   const adminServer = admin.server;
   const statusUrl = admin.statusUrl;

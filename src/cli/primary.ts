@@ -1,12 +1,12 @@
 import { startPrimary } from "../controller/primary.js";
-import { startAdmin } from "../admin/server.js";
 import { Dashboard } from "../admin/dashboard.js";
+import { ADMIN_HELP, ADMIN_OPTIONS, parseAdminArgs, startAdminFromArgs } from "./admin-options.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
 import { validateTrackSize } from "../sequencer/plan.js";
 import { createLogger } from "./log.js";
 import { asUsage, openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
-import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
+import { oneOf, parseDuration, parseSize, UsageError } from "./args.js";
 import { parseMetadataArgs, stopMessage } from "./pair-options.js";
 import { checkRemoteUri, parseTlsArgs, TLS_HELP, TLS_OPTIONS } from "./tls-options.js";
 import { LINK_HELP, LINK_OPTIONS, parseLinkArgs } from "./link-options.js";
@@ -42,6 +42,7 @@ trim to the remote NBD server, track by track, in order.
   --discard remote        at a split brain, overwrite the remote's own changes
   --resync-rate RATE      cap the resync, e.g. 100M (bytes per second; default none)
   --admin HOST:PORT       serve GET /status, GET /metrics and POST actions here
+${ADMIN_HELP}
 ${LINK_HELP}
 ${DISK_HELP}
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}
@@ -51,6 +52,7 @@ ${TLS_HELP}`;
 const OPTIONS = {
   ...HOST_OPTIONS,
   ...TLS_OPTIONS,
+  ...ADMIN_OPTIONS,
   remote: { type: "string" },
   mode: { type: "string" },
   "track-size": { type: "string" },
@@ -59,7 +61,6 @@ const OPTIONS = {
   "on-link-loss": { type: "string" },
   "ordered-remote": { type: "string" },
   "stop-timeout": { type: "string" },
-  admin: { type: "string" },
   metadata: { type: "string" },
   "init-metadata": { type: "boolean" },
   "al-extents": { type: "string" },
@@ -108,7 +109,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
     "--ordered-remote",
   );
   const stopTimeout = parseDuration(values["stop-timeout"] ?? "30s", "--stop-timeout");
-  const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
+  const admin = parseAdminArgs(values);
   const metadata = parseMetadataArgs(values);
   const discard =
     values.discard === undefined
@@ -147,19 +148,15 @@ export async function primaryCommand(args: string[]): Promise<number> {
       tls,
     }),
   );
-  const adminServer =
-    admin?.kind === "tcp"
-      ? (
-          await startAdmin({
-            host: admin.host,
-            port: admin.port,
-            status: primary.status,
-            actions: primary.actions,
-            dashboard: new Dashboard({ status: primary.status, marks: primary.mirror.tracks }),
-            logger,
-          })
-        ).server
-      : undefined;
+  const adminServer = await startAdminFromArgs(
+    admin,
+    {
+      status: primary.status,
+      actions: primary.actions,
+      dashboard: new Dashboard({ status: primary.status, marks: primary.mirror.tracks }),
+    },
+    logger,
+  );
   const signal = await waitForSignal();
   logger.info({ signal }, "stopping: no new host requests; draining the link");
   const report = await primary.stop(stopTimeout);

@@ -1,10 +1,9 @@
 import { startSecondary } from "../controller/secondary.js";
-import { startAdmin } from "../admin/server.js";
 import { Dashboard } from "../admin/dashboard.js";
+import { ADMIN_HELP, ADMIN_OPTIONS, parseAdminArgs, startAdminFromArgs } from "./admin-options.js";
 import { createLogger } from "./log.js";
 import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
-import { parseListen } from "./args.js";
 import { parseMetadataArgs } from "./pair-options.js";
 import {
   parseTlsArgs,
@@ -25,6 +24,7 @@ applied in the order they arrive. Point the primary at it with
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10810")}
   --replication-export NAME   export the primary writes to (default replication)
   --admin HOST:PORT           serve GET /status, /metrics and POST /promote here
+${ADMIN_HELP}
   --metadata PATH|none        pair record and marks (default IMAGE.pcmeta)
   --init-metadata             discard a metadata file that does not fit this volume
 TLS for the port (host and replication exports):
@@ -38,9 +38,9 @@ with --replication-peer. Hosts can only read until the secondary is promoted.`;
 const OPTIONS = {
   ...HOST_OPTIONS,
   ...TLS_OPTIONS,
+  ...ADMIN_OPTIONS,
   "replication-peer": { type: "string", multiple: true },
   "replication-export": { type: "string" },
-  admin: { type: "string" },
   metadata: { type: "string" },
   "init-metadata": { type: "boolean" },
 } as const;
@@ -53,7 +53,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
   if (parsed === undefined) return 0;
   const { values, positionals } = parsed;
   const host = parseHostArgs(values, positionals, "127.0.0.1:10810");
-  const admin = values.admin === undefined ? undefined : parseListen(values.admin, "--admin");
+  const admin = parseAdminArgs(values);
   const trusted = parseTrustedPeers(values["replication-peer"]);
   const tls = await parseTlsArgs(
     values,
@@ -82,19 +82,15 @@ export async function secondaryCommand(args: string[]): Promise<number> {
       { replicationPeers: values["replication-peer"] },
       "the replication export takes the stream only from these primaries",
     );
-  const adminServer =
-    admin?.kind === "tcp"
-      ? (
-          await startAdmin({
-            host: admin.host,
-            port: admin.port,
-            status: secondary.status,
-            actions: secondary.actions,
-            dashboard: new Dashboard({ status: secondary.status, marks: secondary.side.bits }),
-            logger,
-          })
-        ).server
-      : undefined;
+  const adminServer = await startAdminFromArgs(
+    admin,
+    {
+      status: secondary.status,
+      actions: secondary.actions,
+      dashboard: new Dashboard({ status: secondary.status, marks: secondary.side.bits }),
+    },
+    logger,
+  );
   const signal = await waitForSignal();
   logger.info({ signal }, "stopping");
   await adminServer?.close();

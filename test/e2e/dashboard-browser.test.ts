@@ -5,7 +5,7 @@
 // numbers /status gives. Then the primary restarts on the same ports: the page
 // says it is disconnected, and by itself picks the new process up. A screenshot
 // is kept in test-artifacts/ (gitignored).
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Browser, Page } from "puppeteer-core";
@@ -147,7 +147,12 @@ describe.skipIf(!ready)("dashboard in a real browser", () => {
     adminPort = await freePort();
     primary = await start();
     await waitForState("full-duplex");
-    const suspend = await fetch(`http://127.0.0.1:${adminPort}/suspend`, { method: "POST" });
+    const adminApi = await primary.waitForLog((r) => r.msg === "admin API", "admin API");
+    const token = (await readFile(String(adminApi.tokenFile), "utf8")).trim();
+    const suspend = await fetch(`http://127.0.0.1:${adminPort}/suspend`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}` },
+    });
     expect(suspend.status).toBe(200);
     const args = ["-f", "raw", "-t", "writeback", primary.uri];
     for (const [offset, length] of WRITES) args.push("-c", `write ${offset} ${length}`);

@@ -147,11 +147,8 @@ describe.skipIf(!ready)("link emulation", () => {
     expect(lost.length).toBeGreaterThanOrEqual(2);
     expect(String(lost[0]?.err)).toContain("link emulation: a disconnect every 1000 ms");
 
-    const res = await fetch(`${primary.adminUrl ?? ""}/link/set`, {
-      method: "POST",
-      body: JSON.stringify({ disconnectEvery: "off" }),
-    });
-    expect(res.status, await res.text()).toBe(200);
+    const res = await primary.admin("POST", "/link/set", { disconnectEvery: "off" });
+    expect(res.status, res.text).toBe(200);
     const healed = await primary.waitForPairState("full-duplex", 30_000);
     expect(healed.outOfSync.tracks).toBe(0);
     await primary.stopClean();
@@ -218,11 +215,8 @@ describe.skipIf(!ready)("link emulation", () => {
 
     // The fault goes away: both reconnect, resync the marked track and are whole again.
     await rm(trigger);
-    const res = await fetch(`${emulated.adminUrl ?? ""}/link/set`, {
-      method: "POST",
-      body: JSON.stringify({ errorRange: "off" }),
-    });
-    expect(res.status, await res.text()).toBe(200);
+    const res = await emulated.admin("POST", "/link/set", { errorRange: "off" });
+    expect(res.status, res.text).toBe(200);
     await real.waitForPairState("full-duplex", 30_000);
     await emulated.waitForPairState("full-duplex", 30_000);
     await emulated.stopClean();

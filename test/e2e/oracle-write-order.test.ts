@@ -390,7 +390,9 @@ async function runTrial(t: Trial, cleanups: Cleanup[]): Promise<TrialResult> {
   const secondary = await secondaryStarted;
   expect((await target).exportName).toBe(t.secondary === "peercopy" ? "replication" : "");
   const hostUri = String((await primary.record("listening")).uri);
-  const statusUrl = String((await primary.record("admin API")).status);
+  const adminRecord = await primary.record("admin API");
+  const statusUrl = String(adminRecord.status);
+  const adminToken = (await readFile(String(adminRecord.tokenFile), "utf8")).trim();
   await waitForPairState(statusUrl, "full-duplex", 30_000);
   const ordered = ((await status(statusUrl)).link as LogRecord).ordered;
 
@@ -414,7 +416,10 @@ async function runTrial(t: Trial, cleanups: Cleanup[]): Promise<TrialResult> {
   const acksAtCut = workload.acks;
   proxy.refuse();
   if (t.cut === "link-cut") {
-    const res = await fetch(statusUrl.replace(/\/status$/, "/link/cut"), { method: "POST" });
+    const res = await fetch(statusUrl.replace(/\/status$/, "/link/cut"), {
+      method: "POST",
+      headers: { authorization: `Bearer ${adminToken}` },
+    });
     if (res.status !== 200) throw new Error(`POST /link/cut: ${res.status}`);
   } else if (t.cut === "network") proxy.drop();
   else if (t.cut === "primary-kill") primary.kill("SIGKILL");

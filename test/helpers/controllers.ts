@@ -8,7 +8,7 @@
 // in beforeAll, and the temporary directories, are cleaned up by
 // cleanupControllers(), which test files call from afterAll.
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa, type ResultPromise } from "execa";
@@ -263,6 +263,10 @@ async function spawnController(role: Role, args: string[], options: CommonOption
   const port = Number(/:(\d+)\//.exec(uri)?.[1]);
   const statusUrl = adminRecord?.status;
   const adminUrl = typeof statusUrl === "string" ? statusUrl.replace(/\/status$/, "") : undefined;
+  // The token actions need: the file the controller was given or wrote.
+  const tokenFile = adminRecord?.tokenFile;
+  const adminToken =
+    typeof tokenFile === "string" ? (await readFile(tokenFile, "utf8")).trim() : undefined;
 
   let stopping: Promise<ControllerExit> | undefined;
   const controller: Controller = {
@@ -305,6 +309,7 @@ async function spawnController(role: Role, args: string[], options: CommonOption
       const res = await fetch(`${adminUrl}${path}`, {
         method,
         signal: AbortSignal.timeout(10_000),
+        headers: adminToken === undefined ? {} : { authorization: `Bearer ${adminToken}` },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       });
       return {
