@@ -95,6 +95,12 @@ export class Dashboard {
     }
     if (path === "/dashboard/samples") {
       const since = Number(url.searchParams.get("since") ?? "0");
+      if (!Number.isSafeInteger(since) || since < 0) {
+        json(res, 400, {
+          error: `since must be the seq of the last sample you have (0 for all), not ${url.searchParams.get("since")}`,
+        });
+        return true;
+      }
       json(res, 200, {
         bootId: this.bootId,
         intervalMs: this.options.intervalMs ?? 1000,

@@ -121,47 +121,89 @@ export class AdminServer {
       res.end(await this.registry.metrics());
       return;
     }
+    const known = Object.keys(this.options.actions);
     const action = req.method === "POST" ? this.options.actions[path.slice(1)] : undefined;
     if (action === undefined) {
-      const known = Object.keys(this.options.actions).map((a) => `POST /${a}`);
+      const method = req.method ?? "?";
+      if (known.includes(path.slice(1)))
+        return reply(res, 405, { error: `${path} takes POST, not ${method}: POST ${path}` });
+      if ((GETS.includes(path) || path.startsWith("/dashboard/")) && method !== "GET")
+        return reply(res, 405, { error: `${path} takes GET, not ${method}: GET ${path}` });
       return reply(res, 404, {
-        error: `no such endpoint: ${req.method ?? "?"} ${path}; try GET / (the dashboard), GET /status, GET /metrics, ${known.join(", ")}`,
+        error: `no such endpoint: ${method} ${path}; this ${roleOf(this.options.status)} serves GET / (the dashboard), GET /status, GET /metrics${known.map((a) => `, POST /${a}`).join("")}`,
       });
     }
     let body: Record<string, unknown> = {};
-    const text = await readBody(req);
+    let text: string;
+    try {
+      text = await readBody(req);
+    } catch (err) {
+      return reply(res, 413, { error: (err as Error).message });
+    }
     if (text.trim() !== "") {
+      let parsed: unknown;
       try {
-        body = JSON.parse(text) as Record<string, unknown>;
-      } catch {
-        return reply(res, 400, { error: "the request body must be JSON" });
+        parsed = JSON.parse(text);
+      } catch (err) {
+        return reply(res, 400, {
+          error: `the request body is not JSON (${(err as Error).message}); send a JSON object, e.g. {"rate": 104857600}, or nothing`,
+        });
       }
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+        return reply(res, 400, {
+          error: `the request body must be a JSON object of settings, not ${Array.isArray(parsed) ? "an array" : JSON.stringify(parsed)}`,
+        });
+      body = parsed as Record<string, unknown>;
     }
     try {
       const result = await action(body);
       this.options.logger.info({ action: path.slice(1), body }, "admin action");
       reply(res, 200, result ?? { ok: true });
     } catch (err) {
-      reply(res, 409, { error: (err as Error).message });
+      // A setting that does not parse is the request's fault; anything else, the state's.
+      reply(res, (err as Error).name === "UsageError" ? 400 : 409, {
+        error: (err as Error).message,
+      });
     }
   }
 
-  /** Every number in the status becomes a gauge named after its path; strings become labels. */
+  /**
+   * Every number (and boolean) in the status becomes a gauge named after its
+   * path; the pair state, the suspend reason, the role and the mode become labels
+   * of info gauges. A figure
+   * the status no longer gives (null now, e.g. an ETA once the resync ends)
+   * leaves the output instead of keeping its last value.
+   */
   private refreshMetrics(): void {
+    const seen = new Set<string>();
+    const set = (name: string, value: number, labels?: Record<string, string>): void => {
+      seen.add(name);
+      const g = this.gauge(name, labels === undefined ? [] : Object.keys(labels));
+      if (labels === undefined) g.set(value);
+      else {
+        g.reset();
+        g.set(labels, value);
+      }
+    };
     const visit = (prefix: string, value: unknown): void => {
-      if (typeof value === "number") this.gauge(prefix).set(value);
-      else if (typeof value === "boolean") this.gauge(prefix).set(value ? 1 : 0);
+      if (typeof value === "number") set(prefix, value);
+      else if (typeof value === "boolean") set(prefix, value ? 1 : 0);
       else if (typeof value === "object" && value !== null && !Array.isArray(value))
         for (const [k, v] of Object.entries(value)) visit(`${prefix}_${snake(k)}`, v);
     };
     const status = this.options.status();
     visit("peercopy", status);
     const state = status.pairState;
-    if (typeof state === "string") {
-      const g = this.gauge("peercopy_pair_state_info", ["state"]);
-      g.reset();
-      g.set({ state }, 1);
-    }
+    if (typeof state === "string") set("peercopy_pair_state_info", 1, { state });
+    if (typeof status.suspendReason === "string")
+      set("peercopy_suspend_reason_info", 1, { reason: status.suspendReason });
+    const role = typeof status.role === "string" ? status.role : "controller";
+    set("peercopy_info", 1, { role, mode: typeof status.mode === "string" ? status.mode : "" });
+    for (const name of [...this.gauges.keys()])
+      if (!seen.has(name)) {
+        this.registry.removeSingleMetric(name);
+        this.gauges.delete(name);
+      }
   }
 
   private gauge(name: string, labelNames: string[] = []): Gauge {
@@ -179,6 +221,18 @@ export class AdminServer {
   }
 }
 
+/** The GET endpoints besides the dashboard's. */
+const GETS = ["/", "/status", "/metrics"];
+
+function roleOf(status: () => Record<string, unknown>): string {
+  try {
+    const role = status().role;
+    return typeof role === "string" ? role : "controller";
+  } catch {
+    return "controller";
+  }
+}
+
 function snake(key: string): string {
   return key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
 }
@@ -192,7 +246,8 @@ async function readBody(req: http.IncomingMessage): Promise<string> {
   let text = "";
   for await (const chunk of req) {
     text += String(chunk);
-    if (text.length > 65536) throw new Error("request body too large");
+    if (text.length > 65536)
+      throw new Error("the request body is over 64 KiB; the settings fit in a few hundred bytes");
   }
   return text;
 }
