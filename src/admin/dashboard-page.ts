@@ -101,6 +101,26 @@ function progress(name, p) {
   if (p.rateLimit) t += ", limit " + bytes(p.rateLimit) + "/s";
   text(name + "-text", t);
 }
+// The link emulator's or the disk fault filter's settings that do something, and its counts.
+var MS = /Ms$/, RANGE = /RangeOffset$/;
+function faults(f) {
+  var p = [];
+  Object.keys(f).forEach(function (k) {
+    var v = f[k];
+    if (typeof v !== "number" || /RangeLength$/.test(k)) return;
+    if (RANGE.test(k)) {
+      var len = f[k.replace(RANGE, "RangeLength")] || 0;
+      p.push(words(k.replace(RANGE, "Range")) + " " + bytes(v) + "+" + bytes(len));
+    } else if (v !== 0) {
+      if (MS.test(k)) p.push(words(k.replace(MS, "")) + " " + v + " ms");
+      else if (/BytesPerSecond$/.test(k)) p.push(words(k.replace(/BytesPerSecond$/, "")) + " " + bytes(v) + "/s");
+      else if (/Rate$/.test(k)) p.push(words(k) + " " + (v * 100).toFixed(2).replace(/\.?0+$/, "") + "%");
+      else p.push(words(k) + " " + v);
+    }
+  });
+  return p.length ? p.join(", ") : "on, nothing set";
+}
+function words(k) { return k.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase(); }
 function renderStatus(s) {
   var host = s.host || {}, link = s.link || {}, lag = s.lag || {}, oos = s.outOfSync || {};
   text("role", s.role || "controller");
@@ -134,9 +154,10 @@ function renderStatus(s) {
   var et = errs.length ? errs.join(", ") : "none";
   if (link.lastError) et += "; last: " + link.lastError;
   text("errors", et);
-  var faults = link.emulation || link.faults || s.linkFaults;
-  $("faults-row").hidden = !faults;
-  if (faults) text("faults", JSON.stringify(faults));
+  $("faults-row").hidden = !link.emulation;
+  if (link.emulation) text("faults", faults(link.emulation));
+  $("disk-row").hidden = !s.diskFaults;
+  if (s.diskFaults) text("disk-faults", faults(s.diskFaults));
   text("metadata", s.metadata || "none (marks are kept in memory only)");
   var pair = s.pair || {};
   text("generations", pair.current ? "current " + pair.current + ", bitmap " + pair.bitmap : "");
@@ -291,7 +312,8 @@ export const DASHBOARD_PAGE = `<!doctype html>
     <div id="resync-row"><dt>resync</dt><dd><progress id="resync-bar" value="0" max="1"></progress> <span id="resync-text"></span></dd></div>
     <div id="verify-row" hidden><dt>verify</dt><dd><progress id="verify-bar" value="0" max="1"></progress> <span id="verify-text"></span></dd></div>
     <div id="errors-row"><dt>errors</dt><dd><span id="errors">none</span></dd></div>
-    <div id="faults-row" hidden><dt>link faults</dt><dd><span id="faults"></span></dd></div>
+    <div id="faults-row" hidden><dt>link emulation</dt><dd><span id="faults"></span></dd></div>
+    <div id="disk-row" hidden><dt>disk faults</dt><dd><span id="disk-faults"></span></dd></div>
     <div id="metadata-row"><dt>metadata</dt><dd><span id="metadata"></span></dd></div>
     <div id="generations-row"><dt>generations</dt><dd><span id="generations"></span></dd></div>
   </dl>

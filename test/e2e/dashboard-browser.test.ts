@@ -55,6 +55,8 @@ interface Shown {
   lagWrites: string;
   legend: string;
   conn: string;
+  linkEmulation: string;
+  diskFaults: string;
   pixels: number[][];
 }
 
@@ -80,6 +82,8 @@ function readPage(page: Page, cells: number): Promise<Shown> {
         lagWrites: text("lag-writes"),
         legend: text("map-legend"),
         conn: document.getElementById("conn")?.className ?? "",
+        linkEmulation: text("faults"),
+        diskFaults: text("disk-faults"),
         pixels,
       };
     },
@@ -124,7 +128,7 @@ describe.skipIf(!ready)("dashboard in a real browser", () => {
       size: "64M",
       remote: secondary.replicationUri,
       admin: false,
-      extraArgs: ["--admin", `127.0.0.1:${adminPort}`],
+      extraArgs: ["--admin", `127.0.0.1:${adminPort}`, "--link-latency", "1ms", "--disk-faults"],
       keepAfterTest: true,
     });
   }
@@ -177,6 +181,8 @@ describe.skipIf(!ready)("dashboard in a real browser", () => {
       oosBytes: String(s.outOfSync.bytes),
       lagWrites: "0",
       conn: "live",
+      linkEmulation: "latency 1 ms",
+      diskFaults: "on, nothing set",
     });
     expect(shown.legend).toBe(
       `one cell = 1 track (64.0 KiB); ${MARKED.size} of ${TRACKS} tracks out of sync`,
