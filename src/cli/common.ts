@@ -8,7 +8,13 @@ export function asUsage<T>(parse: () => T, option?: string): T {
   try {
     return parse();
   } catch (err) {
-    const message = (err as Error).message.split("\n")[0] ?? "bad arguments";
+    // parseArgs puts its advice on later lines: keep the line that says what to write.
+    const lines = (err as Error).message.split("\n");
+    const dash = lines.find((l) => l.startsWith("To specify an option argument"));
+    const message =
+      dash === undefined
+        ? (lines[0] ?? "bad arguments")
+        : `${(lines[0] ?? "").replace(/\.$/, "")}; ${dash.charAt(0).toLowerCase()}${dash.slice(1).replace(/\.$/, "")}`;
     throw new UsageError(option === undefined ? message : `${option}: ${message}`, { cause: err });
   }
 }

@@ -9,6 +9,7 @@ import { tokenDir } from "./admin-options.js";
 import { asUsage, waitForSignal } from "./common.js";
 import { oneOf, parseDuration, parseListen, parseSize, UsageError } from "./args.js";
 import { watch } from "./watch.js";
+import { formatStatus } from "./status-text.js";
 import { DISK_SET_HELP, DISK_SET_OPTIONS, diskSetBody } from "./disk-options.js";
 import { LINK_SET_HELP, LINK_SET_OPTIONS, linkSetBody } from "./link-options.js";
 
@@ -41,6 +42,10 @@ interface Verb {
   readonly body?: (values: Values) => Record<string, unknown>;
   /** After the reply was printed: follow up (e.g. wait for the end); returns the exit code. */
   readonly then?: (admin: AdminTarget, values: Values) => Promise<number>;
+  /** How the reply is printed; default pretty JSON. */
+  readonly print?: (reply: unknown, values: Values) => string;
+  /** The role whose admin port serves it (default primary); status is served by both. */
+  readonly on?: "primary" | "secondary" | "both";
 }
 
 function rateOption(text: string, flag: string): number {
@@ -50,15 +55,28 @@ function rateOption(text: string, flag: string): number {
 
 const VERBS: Readonly<Record<string, Verb>> = {
   status: {
-    usage: " [--watch [--interval 1s]]",
+    usage: " [--json] [--watch [--interval 1s]]",
+    help: "  a few lines for a person by default (coloured on a terminal unless NO_COLOR is set);\n  --json prints GET /status as it is\n",
     method: "GET",
-    options: { watch: { type: "boolean", short: "w" }, interval: { type: "string" } },
+    on: "both",
+    options: {
+      json: { type: "boolean" },
+      watch: { type: "boolean", short: "w" },
+      interval: { type: "string" },
+    },
+    print: (reply, v) =>
+      v.json === true
+        ? `${JSON.stringify(reply, null, 2)}\n`
+        : formatStatus(reply as Record<string, unknown>, {
+            color: process.stdout.isTTY === true && process.env.NO_COLOR === undefined,
+          }),
   },
   suspend: { usage: "", method: "POST" },
   resume: { usage: "", method: "POST" },
   promote: {
     usage: " [--force]   (on a secondary's admin port)",
     method: "POST",
+    on: "secondary",
     options: { force: { type: "boolean" } },
     body: (v) => ({ force: v.force === true }),
   },
@@ -234,6 +252,17 @@ function request(
   });
 }
 
+/** A reply of the admin API that is not 2xx, with the error it gave. */
+export class AdminError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+  ) {
+    super(message);
+    this.name = "AdminError";
+  }
+}
+
 export async function call(
   admin: AdminTarget,
   method: "GET" | "POST",
@@ -245,7 +274,7 @@ export async function call(
     res = await request(admin, method, path, body === undefined ? undefined : JSON.stringify(body));
   } catch (err) {
     throw new Error(
-      `cannot reach the admin API at ${admin.base}: ${(err as Error).message}; is the controller running with --admin?`,
+      `cannot reach the admin API at ${admin.base}: ${reachError(err)}; is the controller running, started with --admin ${new URL(admin.base).host}?`,
       { cause: err },
     );
   }
@@ -253,15 +282,20 @@ export async function call(
   try {
     reply = JSON.parse(res.text);
   } catch {
-    throw new Error(`${method} ${path}: HTTP ${res.status}, not JSON: ${res.text.slice(0, 200)}`);
+    throw new Error(
+      `${admin.base}${path} answered HTTP ${res.status} with something that is not JSON: is --admin the address of a peercopy admin API (not its NBD port)?`,
+    );
   }
   if (res.status < 200 || res.status > 299) {
-    const error = (reply as { error?: string }).error ?? `HTTP ${res.status}`;
+    const error = (reply as { error?: unknown }).error;
     const hint =
       res.status === 401 && admin.token === undefined
         ? `; no token was sent (no --admin-token-file, and no ${defaultTokenFileHint(admin)})`
         : "";
-    throw new Error(`${method} ${path}: ${error}${hint}`);
+    throw new AdminError(
+      `${method} ${path}: ${typeof error === "string" ? error : `HTTP ${res.status}`}${hint}`,
+      res.status,
+    );
   }
   return reply;
 }
@@ -269,6 +303,38 @@ export async function call(
 function defaultTokenFileHint(admin: AdminTarget): string {
   const url = new URL(admin.base);
   return defaultTokenFile(tokenDir(), url.hostname.replace(/^\[|\]$/g, ""), Number(url.port));
+}
+
+/** Why the request could not talk to the address, in a few words. */
+function reachError(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  const message = (err as Error).message;
+  if (code === "ECONNREFUSED") return "connection refused (nothing listens there)";
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "no such host";
+  if (code === "ETIMEDOUT" || code === "EHOSTUNREACH" || code === "ENETUNREACH")
+    return `${code} (the host does not answer)`;
+  if (typeof code === "string" && code.startsWith("HPE_"))
+    return "what answered there does not speak HTTP (an NBD port?)";
+  if (code === "ECONNRESET")
+    return "the connection was closed without an answer (an NBD port, or HTTPS?)";
+  return typeof code === "string" ? `${message} (${code})` : message;
+}
+
+/** A 404 for a verb: say which controller serves it, from the role this one reports. */
+async function wrongPort(admin: AdminTarget, action: string, verb: Verb, err: AdminError) {
+  if (err.status !== 404 || verb.on === "both") return err;
+  const want = verb.on ?? "primary";
+  let role = "controller";
+  try {
+    const s = (await call(admin, "GET", "/status")) as { role?: unknown };
+    if (typeof s.role === "string") role = s.role;
+  } catch {
+    return err;
+  }
+  if (role === want) return err;
+  return new Error(
+    `${action}: the controller at ${admin.base} is a ${role}; ${action} runs on a ${want}'s admin port (give that one with --admin HOST:PORT)`,
+  );
 }
 
 export function controlCommand(action: string) {
@@ -292,8 +358,13 @@ export function controlCommand(action: string) {
       return 0;
     }
     const body = verb.body?.(values);
-    const reply = await call(admin, verb.method, verb.path ?? `/${action}`, body);
-    process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+    let reply: unknown;
+    try {
+      reply = await call(admin, verb.method, verb.path ?? `/${action}`, body);
+    } catch (err) {
+      throw err instanceof AdminError ? await wrongPort(admin, action, verb, err) : err;
+    }
+    process.stdout.write(verb.print?.(reply, values) ?? `${JSON.stringify(reply, null, 2)}\n`);
     return verb.then === undefined ? 0 : verb.then(admin, values);
   };
 }

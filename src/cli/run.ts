@@ -35,6 +35,9 @@ Run "peercopy <command> --help" for the options of a command.`;
 
 type Command = (args: string[]) => Promise<number>;
 
+/** Commands whose first argument is a second word: `peercopy link set`. */
+const GROUPS = new Set(["link", "disk"]);
+
 const COMMANDS: Readonly<Record<string, Command>> = {
   serve: serveCommand,
   primary: primaryCommand,
@@ -68,7 +71,13 @@ export async function run(argv: string[]): Promise<number> {
     return await command(rest);
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`peercopy ${name}: ${err.message}\n`);
+      // An option the command does not know: point at the list of those it does.
+      const code = (err.cause as { code?: unknown } | undefined)?.code;
+      const hint =
+        typeof code === "string" && code.startsWith("ERR_PARSE_ARGS")
+          ? `; run "peercopy ${GROUPS.has(name) && rest[0] !== undefined ? `${name} ${rest[0]}` : name} --help" for its options`
+          : "";
+      process.stderr.write(`peercopy ${name}: ${err.message}${hint}\n`);
       return 2;
     }
     // A metadata file that does not fit, or a remote that can never take the

@@ -158,6 +158,12 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     metadata: side.path,
     neverSynced: side.state.fresh,
   });
+  const refuseDemoted = (verb: string): void => {
+    if (mirror.demoted)
+      throw new Error(
+        `this primary was demoted: it mirrors nothing and takes no host writes, so there is nothing to ${verb}; restart this volume as a secondary (or as a primary to take hosts again)`,
+      );
+  };
   return {
     hostUri,
     mirror,
@@ -165,11 +171,33 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     status: () => withFaults(primaryStatus(info, mirror), emulator, disk),
     actions: {
       suspend: () => {
+        refuseDemoted("suspend");
         mirror.suspend(SuspendReason.OPERATOR);
         return { pairState: mirror.state };
       },
       resume: () => {
+        refuseDemoted("resume");
+        if (mirror.state === PairState.SPLIT_BRAIN)
+          throw new Error(
+            `the pair is in split brain (${mirror.stateDetail ?? "both sides changed"}): resume cannot choose a side; peercopy resolve --discard remote keeps this side's data, or fail over to the remote`,
+          );
+        if (
+          mirror.link.state === LinkState.REFUSED ||
+          mirror.link.state === LinkState.MISCONFIGURED
+        )
+          throw new Error(
+            `the remote does not take the stream: ${mirror.link.lastError ?? mirror.link.state}; ${
+              mirror.link.state === LinkState.REFUSED
+                ? "peercopy resolve --discard remote overwrites its changes"
+                : "fix the remote's volume and restart this primary"
+            }`,
+          );
         mirror.resume();
+        if (mirror.link.state !== LinkState.UP)
+          return {
+            pairState: mirror.state,
+            note: `the link is ${mirror.link.state}: the marked tracks are copied once it is up`,
+          };
         return { pairState: mirror.state };
       },
       "link/cut": () => {
@@ -207,6 +235,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         return { pairState: mirror.state, discarded: "remote" };
       },
       verify: (body) => {
+        refuseDemoted("verify");
         const rate = body.rate ?? 0;
         if (typeof rate !== "number" || !Number.isFinite(rate) || rate < 0)
           throw new Error("give rate: bytes per second of volume compared (0 for no limit)");
@@ -223,6 +252,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
         return { rateLimit: rate };
       },
       demote: async (body) => {
+        refuseDemoted("demote");
         const timeoutMs = typeof body.timeoutMs === "number" ? body.timeoutMs : 30_000;
         mirror.demoted = true;
         const drained = await mirror.stop(timeoutMs);

@@ -101,7 +101,7 @@ export class Verify {
     if (this.running) throw new Error("a verify is already running; watch it with peercopy status");
     if (!this.mirror.mirroring || this.mirror.link.state !== "up")
       throw new Error(
-        `verify compares a mirroring pair: the pair is ${this.mirror.state} and the link ${this.mirror.link.state}`,
+        `verify compares a mirroring pair: the pair is ${this.mirror.state} and the link ${this.mirror.link.state}; wait for the link to come up, or peercopy resume a suspended pair`,
       );
     this.running = true;
     this.stopReason = undefined;
