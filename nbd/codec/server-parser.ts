@@ -63,8 +63,14 @@ export class ServerParser {
   /**
    * Hand a WRITE payload that spans chunks over as views of the chunks (`parts`)
    * instead of copying it into one buffer; for volumes that can write a vector.
+   * A gathered payload holds only the bytes that arrived, not the length claimed.
    */
   gatherPayloads = false;
+  /** While held, input stops at the next request boundary and waits in `held`. */
+  private holding = false;
+  private held: Buffer | null = null;
+  /** Request headers parsed so far (a stalled payload keeps this still). */
+  requestCount = 0;
 
   constructor(
     private readonly sink: ServerParserSink,
@@ -87,13 +93,40 @@ export class ServerParser {
   stop(): void {
     this.phase = Phase.Stopped;
     this.pending = null;
+    this.held = null;
   }
 
   get stopped(): boolean {
     return this.phase === Phase.Stopped;
   }
 
+  /** In the middle of a WRITE payload. */
+  get receivingPayload(): boolean {
+    return this.phase === Phase.Payload;
+  }
+
+  /**
+   * Stop handing out requests at the next request boundary: what follows waits
+   * until release(). A chunk can hold thousands of request headers, so pausing
+   * the stream alone would not stop the ones already read.
+   */
+  hold(): void {
+    this.holding = true;
+  }
+
+  release(): void {
+    this.holding = false;
+    const held = this.held;
+    if (held === null) return;
+    this.held = null;
+    this.push(held);
+  }
+
   push(chunk: Buffer): void {
+    if (this.held !== null) {
+      this.held = Buffer.concat([this.held, chunk]);
+      return;
+    }
     let pos = 0;
     const end = chunk.length;
     while (pos < end) {
@@ -136,6 +169,10 @@ export class ServerParser {
           break;
         }
         case Phase.RequestHeader:
+          if (this.holding && this.scratchFilled === 0) {
+            this.held = chunk.subarray(pos);
+            return;
+          }
           if (this.scratchFilled === 0 && end - pos >= NBD_REQUEST_SIZE) {
             this.request(chunk, pos);
             pos += NBD_REQUEST_SIZE;
@@ -218,6 +255,7 @@ export class ServerParser {
     const type = buf.readUInt16BE(at + 6);
     const offset = buf.readUInt32BE(at + 16) * TWO_32 + buf.readUInt32BE(at + 20);
     const length = buf.readUInt32BE(at + 24);
+    this.requestCount++;
     const request: NbdRequest = {
       flags,
       type,

@@ -44,11 +44,22 @@ import { describePeer, upgradeServer, type ServerTls, type TlsMode, type TlsPeer
 export interface ConnectionLimits {
   /** Requests in flight before the connection stops reading. */
   maxInFlight: number;
-  /** WRITE payload bytes held before the connection stops reading. */
+  /**
+   * READ and WRITE bytes a connection holds (requests running, read replies the
+   * client has not taken yet) before it stops reading.
+   */
   maxInFlightBytes: number;
   /** From accepting a connection to entering transmission (TLS handshake included). */
   handshakeTimeoutMs: number;
+  /** Options a client may send before transmission; past it the connection is closed. */
+  maxOptions: number;
+  /** How long the payload of one WRITE may take to arrive once its header has. */
+  payloadTimeoutMs: number;
 }
+
+/** A limit that was reached, for the owner's log. */
+export type LimitKind =
+  "handshake-timeout" | "options" | "payload-timeout" | "in-flight" | "total-in-flight";
 
 export interface ConnectionOwner {
   readonly logger: Logger;
@@ -57,6 +68,12 @@ export interface ConnectionOwner {
   findExport(name: string): ServedExport | undefined;
   listExports(): readonly ServedExport[];
   closed(conn: Connection): void;
+  /** Count bytes against the server-wide budget (overBudget says when it is spent). */
+  reserve(bytes: number): void;
+  unreserve(bytes: number): void;
+  /** The server-wide budget is spent: `conn` is told (updateFlow) when it is not any more. */
+  overBudget(conn: Connection): boolean;
+  limitHit(kind: LimitKind, details: Record<string, unknown>): void;
 }
 
 // Servers SHOULD NOT send more than 2^20 descriptors in one chunk ("NBD_CMD_BLOCK_STATUS").
@@ -83,7 +100,15 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private contexts: readonly SelectedContext[] = [];
   private inFlight = 0;
   private inFlightBytes = 0;
+  /** Bytes of READ replies written while the socket was backed up: held until it drains. */
+  private blockedBytes = 0;
   private readPaused = false;
+  private options = 0;
+  private transmission = false;
+  private readonly acceptedAt = performance.now();
+  /** requestCount of the payload being timed, and since when. */
+  private payloadCount = -1;
+  private payloadSince = 0;
   private writeBlocked = false;
   private corked = false;
   private closing = false;
@@ -124,6 +149,10 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private readonly onData = (chunk: Buffer): void => this.parser.push(chunk);
   private readonly onDrain = (): void => {
     this.writeBlocked = false;
+    if (this.blockedBytes > 0) {
+      this.owner.unreserve(this.blockedBytes);
+      this.blockedBytes = 0;
+    }
     this.updateFlow();
   };
   private readonly onError = (err: Error): void => {
@@ -139,11 +168,21 @@ export class Connection implements ServerParserSink, NegotiationHost {
   }
 
   onOption(option: number, data: Buffer): void {
+    if (this.tooManyOptions()) return;
     this.negotiation.option(option, data);
   }
 
   onOversizedOption(option: number, length: number): void {
+    if (this.tooManyOptions()) return;
     this.negotiation.oversized(option, length);
+  }
+
+  private tooManyOptions(): boolean {
+    const max = this.owner.limits.maxOptions;
+    if (++this.options <= max) return false;
+    this.owner.limitHit("options", { peer: this.peer, max });
+    this.end(new NbdProtocolError(`more than ${max} options before transmission`));
+    return true;
   }
 
   onProtocolError(error: NbdProtocolError): void {
@@ -162,7 +201,11 @@ export class Connection implements ServerParserSink, NegotiationHost {
       return;
     }
     this.inFlight++;
-    if (req.type === NBD_CMD_WRITE) this.inFlightBytes += req.length;
+    const bytes = heldBytes(req);
+    if (bytes > 0) {
+      this.inFlightBytes += bytes;
+      this.owner.reserve(bytes);
+    }
     this.updateFlow();
     this.execute(req).then(
       () => this.done(req),
@@ -189,7 +232,9 @@ export class Connection implements ServerParserSink, NegotiationHost {
     const selected = this.negotiation.metaContextExport === exp.name;
     this.contexts = selected ? this.negotiation.metaContexts : [];
     this.blockStatusOk = this.contexts.length > 0;
-    this.parser.gatherPayloads = exp.volume.writev !== undefined;
+    // Gathered, a payload holds only what arrived (execute joins it for write()).
+    this.parser.gatherPayloads = true;
+    this.transmission = true;
     this.parser.enterTransmission();
     this.owner.logger.debug({ peer: this.peer, export: exp.name }, "transmission");
   }
@@ -400,7 +445,14 @@ export class Connection implements ServerParserSink, NegotiationHost {
 
   private done(req: NbdRequest): void {
     this.inFlight--;
-    if (req.type === NBD_CMD_WRITE) this.inFlightBytes -= req.length;
+    const bytes = heldBytes(req);
+    if (bytes > 0) {
+      this.inFlightBytes -= bytes;
+      // A read reply that went into a backed-up socket is still in memory.
+      if (req.type === NBD_CMD_READ && this.writeBlocked && !this.finished)
+        this.blockedBytes += bytes;
+      else this.owner.unreserve(bytes);
+    }
     this.updateFlow();
     if (this.inFlight === 0 && this.drainWaiters.length > 0) {
       const waiters = this.drainWaiters;
@@ -409,20 +461,64 @@ export class Connection implements ServerParserSink, NegotiationHost {
     }
   }
 
-  /** Backpressure both ways: stop reading while replies back up or too much is in flight. */
-  private updateFlow(): void {
+  /**
+   * Backpressure both ways: stop reading while replies back up, or too much is
+   * in flight here or in the whole server.
+   */
+  updateFlow(): void {
     if (this.closing || this.finished) return;
     const limits = this.owner.limits;
+    const bytesOver = this.inFlightBytes + this.blockedBytes >= limits.maxInFlightBytes;
     const over =
       this.writeBlocked ||
       this.inFlight >= limits.maxInFlight ||
-      this.inFlightBytes >= limits.maxInFlightBytes;
+      bytesOver ||
+      this.owner.overBudget(this);
     if (over && !this.readPaused) {
       this.readPaused = true;
+      this.parser.hold();
       this.stream.pause();
+      if (bytesOver)
+        this.owner.limitHit("in-flight", {
+          peer: this.peer,
+          bytes: this.inFlightBytes + this.blockedBytes,
+          max: limits.maxInFlightBytes,
+        });
     } else if (!over && this.readPaused) {
       this.readPaused = false;
       this.stream.resume();
+      this.parser.release();
+    }
+  }
+
+  /** The server's periodic check: a handshake or a WRITE payload that takes too long ends the connection. */
+  checkDeadlines(now: number): void {
+    if (this.finished) return;
+    const limits = this.owner.limits;
+    if (!this.transmission) {
+      if (now - this.acceptedAt > limits.handshakeTimeoutMs) {
+        this.owner.limitHit("handshake-timeout", {
+          peer: this.peer,
+          timeoutMs: limits.handshakeTimeoutMs,
+        });
+        this.finish();
+      }
+      return;
+    }
+    // Not while this side stopped reading: then the client is not the slow one.
+    if (!this.parser.receivingPayload || this.readPaused) {
+      this.payloadCount = -1;
+      return;
+    }
+    if (this.payloadCount !== this.parser.requestCount) {
+      this.payloadCount = this.parser.requestCount;
+      this.payloadSince = now;
+    } else if (now - this.payloadSince > limits.payloadTimeoutMs) {
+      this.owner.limitHit("payload-timeout", {
+        peer: this.peer,
+        timeoutMs: limits.payloadTimeoutMs,
+      });
+      this.finish();
     }
   }
 
@@ -434,10 +530,19 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
+    if (this.blockedBytes > 0) {
+      this.owner.unreserve(this.blockedBytes);
+      this.blockedBytes = 0;
+    }
     this.parser.stop();
     this.stream.destroy();
     this.owner.closed(this);
   }
+}
+
+/** What a request holds in memory while it runs: its payload or its read buffer. */
+function heldBytes(req: NbdRequest): number {
+  return req.type === NBD_CMD_WRITE || req.type === NBD_CMD_READ ? req.length : 0;
 }
 
 function clipExtents<T extends { length: number; flags: number }>(

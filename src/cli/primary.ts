@@ -1,5 +1,6 @@
 import { startPrimary } from "../controller/primary.js";
 import { Dashboard } from "../admin/dashboard.js";
+import { LIMIT_HELP, LIMIT_OPTIONS, parseLimitArgs } from "./limit-options.js";
 import { ADMIN_HELP, ADMIN_OPTIONS, parseAdminArgs, startAdminFromArgs } from "./admin-options.js";
 import { LagPolicy, LinkLossPolicy, MirrorMode } from "../mirror/pair.js";
 import { validateTrackSize } from "../sequencer/plan.js";
@@ -47,12 +48,14 @@ ${LINK_HELP}
 ${DISK_HELP}
 ${HOST_HELP.replace("DEFAULT_LISTEN", "127.0.0.1:10809")}
 TLS for hosts on --listen:
-${TLS_HELP}`;
+${TLS_HELP}
+${LIMIT_HELP}`;
 
 const OPTIONS = {
   ...HOST_OPTIONS,
   ...TLS_OPTIONS,
   ...ADMIN_OPTIONS,
+  ...LIMIT_OPTIONS,
   remote: { type: "string" },
   mode: { type: "string" },
   "track-size": { type: "string" },
@@ -146,6 +149,7 @@ export async function primaryCommand(args: string[]): Promise<number> {
       diskFaults,
       logger,
       tls,
+      limits: parseLimitArgs(values),
     }),
   );
   const adminServer = await startAdminFromArgs(

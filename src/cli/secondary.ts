@@ -1,5 +1,6 @@
 import { startSecondary } from "../controller/secondary.js";
 import { Dashboard } from "../admin/dashboard.js";
+import { LIMIT_HELP, LIMIT_OPTIONS, parseLimitArgs } from "./limit-options.js";
 import { ADMIN_HELP, ADMIN_OPTIONS, parseAdminArgs, startAdminFromArgs } from "./admin-options.js";
 import { createLogger } from "./log.js";
 import { openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
@@ -30,6 +31,7 @@ ${ADMIN_HELP}
 TLS for the port (host and replication exports):
 ${TLS_HELP}
 ${REPLICATION_PEER_HELP}
+${LIMIT_HELP}
 
 Without TLS the replication export has no authentication: anyone who can reach
 the port can write to it. Bind it to loopback or a private network, or use TLS
@@ -39,6 +41,7 @@ const OPTIONS = {
   ...HOST_OPTIONS,
   ...TLS_OPTIONS,
   ...ADMIN_OPTIONS,
+  ...LIMIT_OPTIONS,
   "replication-peer": { type: "string", multiple: true },
   "replication-export": { type: "string" },
   metadata: { type: "string" },
@@ -70,6 +73,7 @@ export async function secondaryCommand(args: string[]): Promise<number> {
       metadata: parseMetadataArgs(values),
       logger,
       tls,
+      limits: parseLimitArgs(values),
       authorizeReplication,
     }),
   );

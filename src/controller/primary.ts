@@ -1,5 +1,5 @@
 // The first storage controller: serves hosts, mirrors every write to the remote.
-import { NbdServer } from "../../nbd/server/server.js";
+import { NbdServer, type ServerLimits } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
 import type { ServerTls } from "../../nbd/tls.js";
@@ -32,6 +32,8 @@ export interface PrimaryOptions {
   logger: Logger;
   /** TLS on the NBD port. */
   tls?: ServerTls;
+  /** The NBD server's limits (connections, handshake, options, bytes in flight); defaults otherwise. */
+  limits?: Partial<ServerLimits>;
 }
 
 /** The remote as configured can never take the stream: a configuration error, exit 2. */
@@ -118,6 +120,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     ],
     logger,
     tls: options.tls,
+    limits: options.limits,
   });
   await mirror.start();
   if (mirror.link.state === LinkState.MISCONFIGURED) {

@@ -2,7 +2,7 @@
 // replication stream on a second export, applied in arrival order, with the
 // pair's control page at its end. Promotion makes the host export writable and
 // stops the stream; the writes taken then are recorded for the failback.
-import { NbdServer } from "../../nbd/server/server.js";
+import { NbdServer, type ServerLimits } from "../../nbd/server/server.js";
 import type { Endpoint } from "../../nbd/transport.js";
 import type { Logger } from "../../nbd/logger.js";
 import type { ServerTls, TlsPeer } from "../../nbd/tls.js";
@@ -29,6 +29,8 @@ export interface SecondaryOptions {
   logger: Logger;
   /** TLS on the NBD port: the host export and the replication export. */
   tls?: ServerTls;
+  /** The NBD server's limits (connections, handshake, options, bytes in flight); defaults otherwise. */
+  limits?: Partial<ServerLimits>;
   /** Who may write the replication stream: the reason to refuse a session's TLS peer, or undefined. */
   authorizeReplication?: (peer: TlsPeer | null) => string | undefined;
 }
@@ -146,6 +148,7 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
     ],
     logger,
     tls: options.tls,
+    limits: options.limits,
   });
   const listener = await server.listen(options.listen);
   const hostUri = endpointUri(listener.endpoint, options.exportName);
