@@ -7,7 +7,7 @@ import type { Backend } from "../backend/types.js";
 import { TaskRun } from "./task-run.js";
 import type { MirrorFilter } from "./mirror.js";
 
-const WINDOW = 64;
+const WINDOW = 32;
 const STATUS_SPAN = 256 * 1024 * 1024;
 const MAX_TOUCHED = 65536;
 const PROGRESS_INTERVAL_MS = 5000;
