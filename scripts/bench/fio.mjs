@@ -42,15 +42,17 @@ export const WORKLOADS = [
  * @property {number} p99Us
  * @property {number} p999Us
  * @property {number} meanUs
+ * @property {number} latP50Us  total latency (submission to completion) p50, µs; NaN
+ *   unless fio ran with --lat_percentiles=1
  * @property {number} ios  requests completed in the measured window
  */
 
 /**
  * @param {Workload} workload
  * @param {string} uri
- * @param {{ size: number, runtime: number, ramp: number }} options
+ * @param {{ size: number, runtime: number, ramp: number, extra?: string[] }} options
  */
-export function fioArgs(workload, uri, { size, runtime, ramp }) {
+export function fioArgs(workload, uri, { size, runtime, ramp, extra = [] }) {
   return [
     `--name=${workload.name}`,
     "--ioengine=nbd",
@@ -70,6 +72,7 @@ export function fioArgs(workload, uri, { size, runtime, ramp }) {
     "--norandommap",
     "--percentile_list=50:99:99.9",
     "--output-format=json",
+    ...extra,
   ];
 }
 
@@ -77,7 +80,7 @@ export function fioArgs(workload, uri, { size, runtime, ramp }) {
  * Run fio once and return its numbers, or throw with fio's own words.
  * @param {Workload} workload
  * @param {string} uri
- * @param {{ size: number, runtime: number, ramp: number }} options
+ * @param {{ size: number, runtime: number, ramp: number, extra?: string[] }} options
  * @returns {Promise<FioResult>}
  */
 export async function runFio(workload, uri, options) {
@@ -129,6 +132,7 @@ function readJob(report, workload, failure) {
     p99Us: us("99.000000"),
     p999Us: us("99.900000"),
     meanUs: side.clat_ns.mean / 1000,
+    latP50Us: Number(side.lat_ns?.percentile?.["50.000000"]) / 1000,
     ios: side.total_ios,
   };
   if (!(result.ios > 0) || !Number.isFinite(result.p99Us))
