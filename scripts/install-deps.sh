@@ -10,3 +10,7 @@ apt-get update
 apt-get install -y \
   nbdkit libnbd-bin python3-libnbd fio qemu-utils qemu-system-common \
   e2fsprogs fuse3 util-linux mount diffutils curl
+# The VM failover experiment (scripts/vm-experiment) and `vagrant validate`.
+apt-get install -y \
+  qemu-system-x86 busybox-static nbd-client kmod xz-utils
+apt-get install -y --no-install-recommends vagrant vagrant-libvirt
