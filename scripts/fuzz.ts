@@ -26,7 +26,7 @@ const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : N
 const durationMs = duration(values.duration);
 let lastLine = 0;
 const line = (r: FuzzReport): string =>
-  `${((performance.now() - started) / 1000).toFixed(0)} s: ${r.inputs} inputs (${r.generated} generated, ${r.mutated} mutated), ${(r.bytesSent / 1e6).toFixed(1)} MB, server closed ${r.closedByServer}, peak RSS ${(r.maxRssBytes / 2 ** 20).toFixed(0)} MiB, valid writes ${r.validWrites}`;
+  `${((performance.now() - started) / 1000).toFixed(0)} s: ${r.inputs} inputs (${r.generated} generated, ${r.mutated} mutated), ${(r.bytesSent / 1e6).toFixed(1)} MB, server closed ${r.closedByServer}, RSS ${(r.rssBytes / 2 ** 20).toFixed(0)} MiB (peak ${(r.maxRssBytes / 2 ** 20).toFixed(0)} MiB), valid writes ${r.validWrites}`;
 const started = performance.now();
 console.error(`fuzzing for ${values.duration} with seed ${seed}`);
 const report = await fuzzServer({

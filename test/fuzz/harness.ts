@@ -303,6 +303,8 @@ export interface FuzzReport {
   crashInputs: string[];
   /** Peak resident set of the server process (VmHWM), bytes. */
   maxRssBytes: number;
+  /** Its resident set at the last sample (VmRSS), bytes. */
+  rssBytes: number;
   /** Writes the well-behaved client made, and whether its export ended exactly as written. */
   validWrites: number;
   validExact: boolean;
@@ -354,14 +356,16 @@ async function startTarget(dir: string): Promise<Target> {
   return target;
 }
 
-async function peakRss(pid: number | undefined): Promise<number> {
-  if (pid === undefined) return 0;
+/** The process's peak (VmHWM) and current (VmRSS) resident set, bytes. */
+async function rss(pid: number | undefined): Promise<{ peak: number; now: number }> {
+  if (pid === undefined) return { peak: 0, now: 0 };
   try {
     const status = await readFile(`/proc/${pid}/status`, "utf8");
-    const kb = /VmHWM:\s+(\d+) kB/.exec(status)?.[1];
-    return kb === undefined ? 0 : Number(kb) * 1024;
+    const kb = (field: string): number =>
+      Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) * 1024;
+    return { peak: kb("VmHWM"), now: kb("VmRSS") };
   } catch {
-    return 0;
+    return { peak: 0, now: 0 };
   }
 }
 
@@ -453,6 +457,7 @@ export async function fuzzServer(options: FuzzOptions): Promise<FuzzReport> {
     crashes: 0,
     crashInputs: [],
     maxRssBytes: 0,
+    rssBytes: 0,
     validWrites: 0,
     validExact: false,
     validError: null,
@@ -465,8 +470,9 @@ export async function fuzzServer(options: FuzzOptions): Promise<FuzzReport> {
     target.exited || performance.now() >= deadline || report.inputs >= maxInputs;
 
   const rssTimer = setInterval(() => {
-    void peakRss(target.child.pid).then((rss) => {
-      report.maxRssBytes = Math.max(report.maxRssBytes, rss);
+    void rss(target.child.pid).then((r) => {
+      report.maxRssBytes = Math.max(report.maxRssBytes, r.peak);
+      report.rssBytes = r.now;
       options.progress?.(report);
     });
   }, 1000);
@@ -505,7 +511,9 @@ export async function fuzzServer(options: FuzzOptions): Promise<FuzzReport> {
   await Promise.all(Array.from({ length: options.workers ?? 4 }, (_, w) => worker(w)));
   const validResult = await valid;
   clearInterval(rssTimer);
-  report.maxRssBytes = Math.max(report.maxRssBytes, await peakRss(target.child.pid));
+  const last = await rss(target.child.pid);
+  report.maxRssBytes = Math.max(report.maxRssBytes, last.peak);
+  report.rssBytes = last.now;
   report.validWrites = validResult.writes;
   report.validExact = validResult.exact;
   report.validError = validResult.error;
