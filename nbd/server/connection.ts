@@ -273,7 +273,12 @@ export class Connection implements ServerParserSink, NegotiationHost {
         this.attach(socket);
         this.parser.resumeOptions();
         this.owner.logger.debug(
-          { peer: this.peer, tls: socket.getProtocol(), tlsPeer: peer },
+          {
+            peer: this.peer,
+            tls: socket.getProtocol(),
+            cipher: socket.getCipher().name,
+            tlsPeer: peer,
+          },
           "TLS on",
         );
       },

@@ -15,6 +15,7 @@ import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { MIRROR_COMPARISONS, MIRROR_SERVERS } from "./mirror-servers.mjs";
+import { TLS_SERVERS } from "./tls-servers.mjs";
 
 /**
  * @typedef {object} ServerEnv
@@ -146,7 +147,7 @@ const PLAIN_SERVERS = [
 ];
 
 /** @type {ServerDef[]} */
-export const SERVERS = [...PLAIN_SERVERS, ...MIRROR_SERVERS];
+export const SERVERS = [...PLAIN_SERVERS, ...TLS_SERVERS, ...MIRROR_SERVERS];
 
 export { MIRROR_COMPARISONS };
 
