@@ -4,7 +4,7 @@
 // random one is written, readable by this user only, to a file the CLI verbs
 // find by the admin address (as Tor's control cookie or bitcoind's .cookie).
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { lstat, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { isIP } from "node:net";
 import { join } from "node:path";
@@ -74,11 +74,44 @@ export async function generateAdminToken(
     throw new AdminAuthError(
       `${dir} must be a directory of this user's that only it can use (chmod 700), to hold the admin token; or give --admin-token-file FILE`,
     );
+  await removeStaleTokens(dir);
   const file = defaultTokenFile(dir, host, port);
   const value = randomBytes(32).toString("hex");
   await rm(file, { force: true });
   await writeFile(file, `${value}\n`, { mode: 0o600, flag: "wx" });
+  // Beside it, the owner: a killed controller's files are swept by the next one.
+  await writeFile(ownerFile(file), `${process.pid}\n`, { mode: 0o600 });
   return { value, file, generated: true };
+}
+
+function ownerFile(tokenFile: string): string {
+  return tokenFile.replace(/\.token$/, ".pid");
+}
+
+/** Remove a generated token file and its owner file. */
+export async function removeGeneratedToken(file: string): Promise<void> {
+  await rm(file, { force: true });
+  await rm(ownerFile(file), { force: true });
+}
+
+/** Remove generated token files whose controller is gone (it was killed before it could). */
+async function removeStaleTokens(dir: string): Promise<void> {
+  const names = (await readdir(dir)).filter((n) => /^admin-.*\.pid$/.test(n));
+  for (const name of names) {
+    const path = join(dir, name);
+    const pid = Number((await readFile(path, "utf8").catch(() => "")).trim());
+    if (Number.isInteger(pid) && pid > 0 && alive(pid)) continue;
+    await removeGeneratedToken(path.replace(/\.pid$/, ".token"));
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: unknown }).code === "EPERM";
+  }
 }
 
 export function isLoopback(address: string | undefined): boolean {

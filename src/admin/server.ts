@@ -4,11 +4,16 @@
 import http from "node:http";
 import https from "node:https";
 import { once } from "node:events";
-import { rm } from "node:fs/promises";
 import { Gauge, Registry } from "prom-client";
 import type { Logger } from "../../nbd/logger.js";
 import type { Dashboard } from "./dashboard.js";
-import { bearerMatches, generateAdminToken, isLoopback, type AdminToken } from "./auth.js";
+import {
+  bearerMatches,
+  generateAdminToken,
+  isLoopback,
+  removeGeneratedToken,
+  type AdminToken,
+} from "./auth.js";
 
 export type Action = (body: Record<string, unknown>) => unknown;
 
@@ -84,7 +89,7 @@ export class AdminServer {
     this.options.dashboard?.stop();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    if (this.token?.generated === true) await rm(this.token.file, { force: true });
+    if (this.token?.generated === true) await removeGeneratedToken(this.token.file);
   }
 
   /** Why this request may not go on (401), or undefined. */

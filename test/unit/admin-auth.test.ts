@@ -1,4 +1,5 @@
 // The admin token: reading it, generating one, and checking a request's header.
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -49,5 +50,21 @@ describe("admin token", () => {
     expect(token.value).toMatch(/^[0-9a-f]{64}$/);
     expect((await stat(token.file)).mode & 0o777).toBe(0o600);
     expect((await stat(dir)).mode & 0o777).toBe(0o700);
+  });
+
+  it("sweeps the files of controllers that are gone, and only those", async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), "peercopy-token-")), "run");
+    const mine = await generateAdminToken(dir, "127.0.0.1", 1);
+    // A pid far above any pid_max: no such process.
+    const gone = defaultTokenFile(dir, "127.0.0.1", 2);
+    await writeFile(gone, `${TOKEN}\n`, { mode: 0o600 });
+    await writeFile(gone.replace(/\.token$/, ".pid"), "99999999\n");
+    const operators = defaultTokenFile(dir, "127.0.0.1", 3);
+    await writeFile(operators, `${TOKEN}\n`, { mode: 0o600 });
+    await generateAdminToken(dir, "127.0.0.1", 4);
+    expect(existsSync(mine.file)).toBe(true);
+    expect(existsSync(gone)).toBe(false);
+    expect(existsSync(gone.replace(/\.token$/, ".pid"))).toBe(false);
+    expect(existsSync(operators)).toBe(true);
   });
 });
