@@ -31,14 +31,14 @@ function qemuIo(uri: string, ...commands: string[]) {
 }
 
 async function disk(primary: Primary, ...settings: string[]) {
-  const admin = (primary.adminUrl ?? "").replace(/^http:\/\//, "");
+  const admin = primary.adminAddress();
   const r = await runPeercopy(["disk", "set", "--admin", admin, ...settings]);
   expect(r.exitCode, describeRun(r)).toBe(0);
   return JSON.parse(r.stdout) as { diskFaults: Record<string, number | null> };
 }
 
 async function control(primary: Primary, verb: string) {
-  const admin = (primary.adminUrl ?? "").replace(/^http:\/\//, "");
+  const admin = primary.adminAddress();
   const r = await runPeercopy([verb, "--admin", admin]);
   expect(r.exitCode, describeRun(r)).toBe(0);
 }

@@ -57,7 +57,7 @@ async function medianWriteMicros(uri: string): Promise<number> {
 }
 
 function adminAddress(primary: Primary): string {
-  return (primary.adminUrl ?? "").replace(/^http:\/\//, "");
+  return primary.adminAddress();
 }
 
 function linkEmulation(status: unknown): Record<string, unknown> {

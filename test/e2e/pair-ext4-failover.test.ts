@@ -30,7 +30,7 @@ import {
   Teardown,
   umount,
 } from "../helpers/mount.js";
-import { PEERCOPY_MAIN } from "../helpers/server.js";
+import { runPeercopy } from "../helpers/server.js";
 import { describeRun, requireTools, run, runOk } from "../helpers/tools.js";
 
 const ready = mountToolsReady() && requireTools("fio", "cmp", "qemu-io");
@@ -48,13 +48,8 @@ interface PairStatus extends PrimaryStatus {
   readonly resync: PrimaryStatus["resync"] & { readonly lastCopiedTracks: number };
 }
 
-async function cli(args: string[]) {
-  return run(process.execPath, [PEERCOPY_MAIN, ...args], { timeoutMs: 60_000 });
-}
-
-function adminOf(c: Primary | Secondary): string {
-  if (c.adminUrl === undefined) throw new Error(`${c.role} runs without an admin port`);
-  return c.adminUrl.replace("http://", "");
+function cli(args: string[]) {
+  return runPeercopy(args, 60_000);
 }
 
 async function expectIdentical(a: string, b: string): Promise<void> {
@@ -172,7 +167,7 @@ describe.skipIf(!ready)(
     it("after the primary's silence the secondary is promoted: journal replayed, files intact, fsck clean", async () => {
       const secondary = onS as Secondary;
       await sleep(3200);
-      const promoted = await cli(["promote", "--admin", adminOf(secondary)]);
+      const promoted = await cli(["promote", "--admin", secondary.adminAddress()]);
       expect(promoted.exitCode, describeRun(promoted)).toBe(0);
       // A SIGKILLed primary said nothing: this side cannot claim to hold every write.
       expect(JSON.parse(promoted.stdout)).toMatchObject({
@@ -236,7 +231,7 @@ describe.skipIf(!ready)(
       onS = current;
       const again = (await current.waitForPairState("full-duplex")) as PairStatus;
       expect(again.resync.lastCopiedTracks).toBe(0);
-      const demoted = await cli(["demote", "--admin", adminOf(current)]);
+      const demoted = await cli(["demote", "--admin", current.adminAddress()]);
       expect(demoted.exitCode, describeRun(demoted)).toBe(0);
       expect(JSON.parse(demoted.stdout)).toMatchObject({ role: "secondary", inSync: true });
       const refused = await run("qemu-io", ["-f", "raw", current.uri, "-c", "write 0 4k"], {
@@ -245,7 +240,7 @@ describe.skipIf(!ready)(
       expect(refused.stdout + refused.stderr).toMatch(/demoted|not permitted|EPERM/i);
 
       // No waiting: the demoted primary told the secondary it let go, in sync.
-      const promoted = await cli(["promote", "--admin", adminOf(onP as Secondary)]);
+      const promoted = await cli(["promote", "--admin", (onP as Secondary).adminAddress()]);
       expect(promoted.exitCode, describeRun(promoted)).toBe(0);
       expect(JSON.parse(promoted.stdout)).toMatchObject({
         role: "primary",

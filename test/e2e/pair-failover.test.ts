@@ -19,7 +19,7 @@ import {
   type Secondary,
 } from "../helpers/controllers.js";
 import { describeRun, requireTools, run } from "../helpers/tools.js";
-import { PEERCOPY_MAIN } from "../helpers/server.js";
+import { runPeercopy } from "../helpers/server.js";
 
 const ready = requireTools("fio", "qemu-img", "qemu-io");
 const KiB = 1024;
@@ -73,8 +73,8 @@ async function expectIdentical(a: string, b: string): Promise<void> {
   expect(cmp.exitCode, describeRun(cmp)).toBe(0);
 }
 
-async function cli(args: string[]) {
-  return run(process.execPath, [PEERCOPY_MAIN, ...args], { timeoutMs: 30_000 });
+function cli(args: string[]) {
+  return runPeercopy(args, 30_000);
 }
 
 describe.skipIf(!ready)("pair across restarts and failover", () => {
@@ -179,7 +179,7 @@ describe.skipIf(!ready)("pair across restarts and failover", () => {
     await writePattern(primary.uri, 0x5a, 0, 128 * KiB);
     // The link is idle now; its heartbeat still tells the secondary a primary is there.
     await sleep(1500);
-    const refused = await cli(["promote", "--admin", secondary.adminUrl!.replace("http://", "")]);
+    const refused = await cli(["promote", "--admin", secondary.adminAddress()]);
     expect(refused.exitCode, describeRun(refused)).toBe(1);
     expect(refused.stderr).toMatch(/a primary is connected.*--force/);
     const hostWrite = await run(
@@ -193,7 +193,7 @@ describe.skipIf(!ready)("pair across restarts and failover", () => {
 
     await primary.stop("SIGKILL");
     await sleep(3200);
-    const promoted = await cli(["promote", "--admin", secondary.adminUrl!.replace("http://", "")]);
+    const promoted = await cli(["promote", "--admin", secondary.adminAddress()]);
     expect(promoted.exitCode, describeRun(promoted)).toBe(0);
     expect(JSON.parse(promoted.stdout)).toMatchObject({ role: "primary" });
     await writePattern(secondary.uri, 0x77, 64 * KiB, 64 * KiB);
@@ -243,7 +243,7 @@ describe.skipIf(!ready)("pair across restarts and failover", () => {
     expect(await readImage(secondary.image, TRACK, TRACK)).toEqual(filled(TRACK, 0x01));
     expect(await readImage(secondary.image, 3 * TRACK, TRACK)).toEqual(filled(TRACK, 0xbb));
 
-    const wrong = await cli(["resolve", "--admin", primary.adminUrl!.replace("http://", "")]);
+    const wrong = await cli(["resolve", "--admin", primary.adminAddress()]);
     expect(wrong.exitCode).toBe(2);
     expect(wrong.stderr).toMatch(/--discard/);
     const resolved = await cli([
@@ -251,7 +251,7 @@ describe.skipIf(!ready)("pair across restarts and failover", () => {
       "--discard",
       "remote",
       "--admin",
-      primary.adminUrl!.replace("http://", ""),
+      primary.adminAddress(),
     ]);
     expect(resolved.exitCode, describeRun(resolved)).toBe(0);
     const synced = (await primary.waitForPairState("full-duplex")) as PairStatus;

@@ -19,7 +19,7 @@ import {
   type PrimaryStatus,
 } from "../helpers/controllers.js";
 import { startNbdkit, stopPeers } from "../helpers/peers.js";
-import { createSparseFile, PEERCOPY_MAIN } from "../helpers/server.js";
+import { createSparseFile, runPeercopy } from "../helpers/server.js";
 import { describeRun, requireTools, run } from "../helpers/tools.js";
 
 const ready = requireTools("fio", "qemu-io", "nbdkit", "cmp");
@@ -42,15 +42,10 @@ interface Status extends PrimaryStatus {
   readonly resync: PrimaryStatus["resync"] & { readonly lastCopiedTracks: number | null };
 }
 
-function admin(p: Primary): string {
-  return p.adminUrl!.replace("http://", "");
-}
-
 async function verify(p: Primary, ...args: string[]) {
-  const result = await run(
-    process.execPath,
-    [PEERCOPY_MAIN, "verify", "--wait", "--admin", admin(p), ...args],
-    { timeoutMs: 120_000 },
+  const result = await runPeercopy(
+    ["verify", "--wait", "--admin", p.adminAddress(), ...args],
+    120_000,
   );
   // Two JSON documents: the start reply, then the result.
   const docs = result.stdout.split(/\n(?=\{)/).map((d) => JSON.parse(d) as unknown);
@@ -133,12 +128,7 @@ describe.skipIf(!ready)("online verify", () => {
     // Nothing was copied: the secondary still holds the changed bytes.
     expect((await compareImages(primary.image, secondary.image)).exitCode).toBe(1);
 
-    const resume = await run(process.execPath, [
-      PEERCOPY_MAIN,
-      "resume",
-      "--admin",
-      admin(primary),
-    ]);
+    const resume = await runPeercopy(["resume", "--admin", primary.adminAddress()], 60_000);
     expect(resume.exitCode, describeRun(resume)).toBe(0);
     s = (await primary.waitForStatus(
       (x) => x.pairState === "full-duplex" && x.outOfSync.tracks === 0,
@@ -193,12 +183,7 @@ describe.skipIf(!ready)("online verify", () => {
     const { primary } = await startPair(dir, { mode: "sync" });
     const suspended = await primary.admin("POST", "/suspend");
     expect(suspended.status).toBe(200);
-    const refused = await run(process.execPath, [
-      PEERCOPY_MAIN,
-      "verify",
-      "--admin",
-      admin(primary),
-    ]);
+    const refused = await runPeercopy(["verify", "--admin", primary.adminAddress()], 60_000);
     expect(refused.exitCode).toBe(1);
     expect(refused.stderr).toMatch(/verify compares a mirroring pair: the pair is suspended/);
   });

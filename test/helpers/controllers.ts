@@ -69,6 +69,8 @@ export interface Controller {
   readonly port: number;
   /** The admin API's base URL, e.g. http://127.0.0.1:41085, when started with --admin. */
   readonly adminUrl: string | undefined;
+  /** The admin API as HOST:PORT, what the CLI's --admin takes; throws without --admin. */
+  adminAddress(): string;
   /** True once the process has exited. */
   readonly exited: boolean;
   log(): string;
@@ -276,6 +278,10 @@ async function spawnController(role: Role, args: string[], options: CommonOption
     uri,
     port,
     adminUrl,
+    adminAddress() {
+      if (adminUrl === undefined) throw new Error(`${role} was started without --admin`);
+      return adminUrl.replace(/^https?:\/\//, "");
+    },
     get exited() {
       return exit !== undefined;
     },
