@@ -13,14 +13,14 @@
 //
 //   node scripts/bench/latency-bench.mjs [--runs 3] [--runtime 3] [--latencies 0,1,5,20]
 //       [--max-lag 16M] [--size 256M] [--out DIR]
-import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { runFio, WORKLOADS } from "./fio.mjs";
+import { fillImage, sizeOf } from "./images.mjs";
 import { freePort, spawnTracked, stopAll } from "./proc.mjs";
 import { fmt, fmtRatio, markdownTable, median, textTable } from "./report.mjs";
 import { machineFacts } from "./results.mjs";
@@ -64,8 +64,8 @@ const sizeText = earlier?.sizeText ?? values.size;
 const maxLagText = earlier?.maxLagText ?? values["max-lag"];
 const runs = earlier?.runs ?? Number(values.runs);
 const runtime = earlier?.runtime ?? Number(values.runtime);
-const size = parseSize(sizeText);
-const maxLag = parseSize(maxLagText);
+const size = sizeOf(sizeText);
+const maxLag = sizeOf(maxLagText);
 const latencies = earlier?.latencies ?? values.latencies.split(",").map(Number);
 if (
   !(runs >= 1) ||
@@ -86,22 +86,6 @@ const QD = [
   WORKLOADS.find((w) => w.name === "randwrite-4k-qd1"),
   WORKLOADS.find((w) => w.name === "randwrite-4k-qd32"),
 ];
-
-function parseSize(text) {
-  const m = /^(\d+)([KMG]?)$/.exec(text);
-  if (m === null) return NaN;
-  return Number(m[1]) * { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2]];
-}
-
-/** Fills `path` with non-zero data, so no write allocates and the copy skips nothing. */
-async function fillImage(path, bytes) {
-  const chunk = randomBytes(1 << 20);
-  const file = await open(path, "w");
-  for (let at = 0; at < bytes; at += chunk.length)
-    await file.write(chunk, 0, Math.min(chunk.length, bytes - at), at);
-  await file.sync();
-  await file.close();
-}
 
 async function startPair(dir, mode) {
   const sImage = join(dir, `${mode}-s.img`);

@@ -7,12 +7,13 @@
 //   npm run build && node scripts/bench/mirror-check.mjs [--size 256M] [--only LIST]
 //                                                        [--workload seqwrite-1m-qd8]
 import { randomBytes } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { WORKLOADS } from "./fio.mjs";
+import { fillImage } from "./images.mjs";
 import { killAllSync, runSync, stopAll } from "./proc.mjs";
 import { ServerPool, runOne } from "./runner.mjs";
 import { SERVERS } from "./servers.mjs";
@@ -48,7 +49,7 @@ try {
     await mkdir(dir);
     const paths = { primary: join(dir, "primary.img"), secondary: join(dir, "secondary.img") };
     const pristine = join(dir, "pristine.img");
-    await fill(paths.primary, size, chunk);
+    await fillImage(paths.primary, size, chunk);
     await copyFile(paths.primary, paths.secondary);
     await copyFile(paths.primary, pristine);
     const pool = new ServerPool(REPO_ROOT);
@@ -80,14 +81,3 @@ try {
 }
 console.log(`${servers.length - failures} passed, ${failures} failed`);
 process.exitCode = failures === 0 ? 0 : 1;
-
-async function fill(path, bytes, chunk) {
-  const fh = await open(path, "w");
-  try {
-    for (let offset = 0; offset < bytes; offset += chunk.length)
-      await fh.write(chunk, 0, Math.min(chunk.length, bytes - offset), offset);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}

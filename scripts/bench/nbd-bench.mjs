@@ -8,10 +8,11 @@
 // See scripts/bench/README.md for what is measured and how to read the results.
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
-import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { loadavg } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { fillImage, sparseImage } from "./images.mjs";
 import { HELP, UsageError, parseOptions } from "./options.mjs";
 import { killAllSync, runSync, stopAll } from "./proc.mjs";
 import {
@@ -61,17 +62,8 @@ function checkTools(servers) {
 }
 
 /** Same size, same content, same allocation for every server; fsynced. */
-async function makeImage(path, size, prefill, chunk) {
-  const fh = await open(path, "w");
-  try {
-    await fh.truncate(size);
-    if (prefill)
-      for (let offset = 0; offset < size; offset += chunk.length)
-        await fh.write(chunk, 0, Math.min(chunk.length, size - offset), offset);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+function makeImage(path, size, prefill, chunk) {
+  return prefill ? fillImage(path, size, chunk) : sparseImage(path, size);
 }
 
 let tmp;

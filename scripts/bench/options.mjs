@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { WORKLOADS } from "./fio.mjs";
+import { sizeOf } from "./images.mjs";
 import { SERVERS } from "./servers.mjs";
 
 const HEADLINE = WORKLOADS.filter((w) => w.headline === true)
@@ -79,9 +80,7 @@ function positiveInt(text, option, min = 1) {
 }
 
 function parseSize(text) {
-  const m = /^(\d+)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  const bytes =
-    m === null ? NaN : Number(m[1]) * 1024 ** " KMGT".indexOf((m[2] || " ").toUpperCase());
+  const bytes = sizeOf(text);
   if (!(bytes >= 16 * 2 ** 20))
     throw new UsageError(`--size: "${text}" must be a size of at least 16M, e.g. 1G`);
   return bytes;

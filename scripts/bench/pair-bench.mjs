@@ -9,13 +9,13 @@
 //
 //   node scripts/bench/pair-bench.mjs [--runs 5] [--size 1G] [--runtime 5] [--out DIR]
 //                                     [--only resync,metadata]
-import { randomBytes } from "node:crypto";
-import { mkdtemp, open, rm, writeFile, mkdir } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { runFio, WORKLOADS } from "./fio.mjs";
+import { fillImage, sizeOf, sparseImage } from "./images.mjs";
 import { freePort, spawnTracked, stopAll } from "./proc.mjs";
 import { median, markdownTable, textTable, fmt, fmtRatio } from "./report.mjs";
 import { machineFacts } from "./results.mjs";
@@ -35,36 +35,12 @@ const { values } = parseArgs({
   },
 });
 const runs = Number(values.runs);
-const size = parseSize(values.size);
+const size = sizeOf(values.size);
 const runtime = Number(values.runtime);
 const only = new Set(values.only.split(","));
 if (!(runs >= 1) || !(runtime >= 1) || !(size >= 1 << 20)) {
   process.stderr.write("usage: pair-bench.mjs [--runs N>=1] [--size SIZE>=1M] [--runtime S>=1]\n");
   process.exit(2);
-}
-
-function parseSize(text) {
-  const m = /^(\d+)([KMG]?)$/.exec(text);
-  if (m === null) return NaN;
-  return Number(m[1]) * { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2]];
-}
-
-/** Fills `path` with `bytes` of non-zero data that neither side can skip as zeros. */
-async function fillImage(path, bytes) {
-  const chunk = randomBytes(1 << 20);
-  const file = await open(path, "w");
-  for (let at = 0; at < bytes; at += chunk.length)
-    await file.write(chunk, 0, Math.min(chunk.length, bytes - at), at);
-  await file.sync();
-  await file.close();
-}
-
-async function sparse(path, bytes) {
-  await rm(path, { force: true });
-  await rm(`${path}.pcmeta`, { force: true });
-  const file = await open(path, "w");
-  await file.truncate(bytes);
-  await file.close();
 }
 
 async function startSecondary(image) {
@@ -120,7 +96,7 @@ async function resyncSeconds(primary) {
 
 async function resyncRun(dir, pImage) {
   const sImage = join(dir, "s.img");
-  await sparse(sImage, size);
+  await sparseImage(sImage, size, { metadata: true });
   await rm(`${pImage}.pcmeta`, { force: true });
   const s = await startSecondary(sImage);
   const p = await startPrimary(pImage, s.replication);
@@ -135,7 +111,7 @@ async function resyncRun(dir, pImage) {
 
 async function nbdcopyRun(dir, pImage) {
   const sImage = join(dir, "s.img");
-  await sparse(sImage, size);
+  await sparseImage(sImage, size, { metadata: true });
   const s = await startSecondary(sImage);
   // The same primary process serves the source; its own link points nowhere.
   const nowhere = `nbd://127.0.0.1:${await freePort()}/replication`;
@@ -175,7 +151,7 @@ async function metadataRuns(dir) {
     await rm(`${image}.pcmeta`, { force: true });
     await fillImage(image, size);
     const sImage = join(dir, `m-${name}-s.img`);
-    await sparse(sImage, size);
+    await sparseImage(sImage, size, { metadata: true });
     const s = await startSecondary(sImage);
     const p = await startPrimary(image, s.replication, extra);
     await waitInSync(p.status);
