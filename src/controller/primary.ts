@@ -239,18 +239,14 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
       },
       verify: (body) => {
         refuseDemoted("verify");
-        const rate = body.rate ?? 0;
-        if (typeof rate !== "number" || !Number.isFinite(rate) || rate < 0)
-          throw new Error("give rate: bytes per second of volume compared (0 for no limit)");
+        const rate = rateOf(body.rate ?? 0, "bytes per second of volume compared");
         if (body.resync !== undefined && typeof body.resync !== "boolean")
           throw new Error("give resync: true (copy the differing tracks, the default) or false");
         const started = mirror.verify.start({ resync: body.resync !== false, rateLimit: rate });
         return { verify: "started", ...started, resync: body.resync !== false, rateLimit: rate };
       },
       resync: (body) => {
-        const rate = body.rate;
-        if (typeof rate !== "number" || !Number.isFinite(rate) || rate < 0)
-          throw new Error("give rate: bytes per second (0 for no limit)");
+        const rate = rateOf(body.rate, "bytes per second");
         mirror.resyncProgress.rateLimit = rate;
         return { rateLimit: rate };
       },
@@ -293,4 +289,11 @@ function withFaults(
     (status.link as Record<string, unknown>).emulation = emulator.status();
   if (disk !== undefined) status.diskFaults = disk.status();
   return status;
+}
+
+/** A rate limit from an admin request's body: a number of bytes per second, 0 for none. */
+function rateOf(value: unknown, meaning: string): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0)
+    throw new Error(`give rate: ${meaning} (0 for no limit)`);
+  return value;
 }

@@ -5,8 +5,7 @@
 // of the SHA-256 of the whole track that extent lies in. The volume is hashed
 // where it lives; at most CHECKSUM_SPAN_TRACKS tracks are answered per request.
 import { createHash } from "node:crypto";
-import type { Extent } from "../backend/types.js";
-import type { Backend } from "../backend/types.js";
+import type { Backend, Extent } from "../backend/types.js";
 import type { MarksContext } from "./marks.js";
 
 export const CHECKSUM_CONTEXT = "peercopy:checksum";
