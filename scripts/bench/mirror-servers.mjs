@@ -40,9 +40,10 @@ function peercopyMain(repoRoot) {
  * @param {string} p.name
  * @param {"sync" | "async"} p.mode
  * @param {"peercopy" | "nbdkit"} p.secondary
+ * @param {string} [p.maxLag]  async: --max-lag (the lag bound the block policy holds)
  * @returns {import("./servers.mjs").ServerDef}
  */
-function peercopyPair({ name, mode, secondary }) {
+function peercopyPair({ name, mode, secondary, maxLag }) {
   const target =
     secondary === "peercopy" ? "a peercopy secondary (ordered replication export)" : "nbdkit file";
   return {
@@ -51,7 +52,7 @@ function peercopyPair({ name, mode, secondary }) {
     role: "mirror",
     keep: true,
     mirror: true,
-    description: `peercopy primary --mode ${mode} mirroring to ${target}`,
+    description: `peercopy primary --mode ${mode}${maxLag === undefined ? "" : ` --max-lag ${maxLag}`} mirroring to ${target}`,
     images: ["primary", "secondary"],
     tools: secondary === "nbdkit" ? ["nbdkit"] : [],
     check: ({ repoRoot }) =>
@@ -83,6 +84,7 @@ function peercopyPair({ name, mode, secondary }) {
           mode,
           "--admin",
           `127.0.0.1:${adminPort}`,
+          ...(maxLag === undefined ? [] : ["--max-lag", maxLag]),
         ]),
         { name: `peercopy primary (${mode})` },
       );
@@ -322,9 +324,15 @@ async function waitUntil(check, timeoutMs, what, procs) {
 /** @type {import("./servers.mjs").ServerDef[]} */
 export const MIRROR_SERVERS = [
   peercopyPair({ name: "peercopy-sync", mode: "sync", secondary: "peercopy" }),
-  peercopyPair({ name: "peercopy-async", mode: "async", secondary: "peercopy" }),
+  // Async with the lag bound a sizing guide would start from: 64 MiB, held by blocking hosts.
+  peercopyPair({ name: "peercopy-async", mode: "async", secondary: "peercopy", maxLag: "64M" }),
   peercopyPair({ name: "peercopy-sync-nbdkit", mode: "sync", secondary: "nbdkit" }),
-  peercopyPair({ name: "peercopy-async-nbdkit", mode: "async", secondary: "nbdkit" }),
+  peercopyPair({
+    name: "peercopy-async-nbdkit",
+    mode: "async",
+    secondary: "nbdkit",
+    maxLag: "64M",
+  }),
   qsdMirror({ name: "qsd-mirror-sync", mode: "sync" }),
   qsdMirror({ name: "qsd-mirror-async", mode: "async" }),
 ];

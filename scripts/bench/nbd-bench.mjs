@@ -29,6 +29,7 @@ import {
 } from "./report.mjs";
 import { machineFacts, writeResults } from "./results.mjs";
 import { ServerPool, runOne } from "./runner.mjs";
+import { cpuRows, targetRows, targetTable } from "./targets.mjs";
 import { MIRROR_COMPARISONS } from "./servers.mjs";
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -189,6 +190,10 @@ async function benchmark(opts, tmp) {
   if (mirrors.length > 1) console.log(`\nmirrors:\n${textTable(mirrors)}`);
   if (comparisonList.length > 0)
     console.log(`\n${textTable(comparisonRows(comparisonList, opts.workloads))}`);
+  const targets = targetRows(summary, runs, opts);
+  console.log(`\ntargets:\n${textTable(targetTable(targets, opts.workloads))}`);
+  const cpu = cpuRows(summary, opts.workloads, opts);
+  if (cpu.length > 1) console.log(`\nCPU per request:\n${textTable(cpu)}`);
 
   const data = {
     schema: 1,
@@ -217,6 +222,7 @@ async function benchmark(opts, tmp) {
     summary,
     ratios: ratioList,
     comparisons: comparisonList,
+    targets,
     runs,
   };
   const written = await writeResults(opts.out, data);

@@ -35,6 +35,10 @@ export function summarize(runs, workloads, servers) {
       };
       for (const metric of METRICS) row[metric.key] = median(ok.map((r) => r[metric.key]));
       row.cpuSeconds = median(ok.map((r) => r.cpuSeconds));
+      const cpuLabels = [...new Set(ok.flatMap((r) => Object.keys(r.cpuSecondsByProcess ?? {})))];
+      row.cpuSecondsByProcess = Object.fromEntries(
+        cpuLabels.map((label) => [label, median(ok.map((r) => r.cpuSecondsByProcess?.[label]))]),
+      );
       const labels = [...new Set(ok.flatMap((r) => Object.keys(r.rssMiBByProcess ?? {})))];
       row.rssMiBByProcess = Object.fromEntries(
         labels.map((label) => [label, median(ok.map((r) => r.rssMiBByProcess?.[label]))]),

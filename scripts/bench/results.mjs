@@ -12,6 +12,7 @@ import {
   tableRows,
 } from "./report.mjs";
 import { runSync } from "./proc.mjs";
+import { cpuRows, targetTable } from "./targets.mjs";
 
 const TOOL_VERSIONS = [
   ["fio", ["--version"]],
@@ -115,6 +116,31 @@ side's processes (primary + secondary; qemu-storage-daemon + nbdkit; peercopy se
   const workloads = data.workloads.map(
     (w) => `- **${w.label}** (\`${w.name}\`): \`--rw=${w.rw} --bs=${w.bs} --iodepth=${w.iodepth}\``,
   );
+  const targets = data.targets === undefined ? [] : targetTable(data.targets, data.workloads);
+  const cpu = cpuRows(data.summary, data.workloads, c);
+  const targetSection =
+    targets.length < 2
+      ? ""
+      : `
+## Targets
+
+${markdownTable(targets)}
+
+Each ratio is median ÷ median of the two servers in this run, except the "worst repetition"
+row: each of the subject's runs against the reference's run of the same repetition, the
+lowest of those. "drained": what reached nbdkit per second during the async run (what fio
+wrote less the lag left at its end, over ramp + runtime) against the sync mirror's rate to
+the same nbdkit. A "–" in met? means that row's servers were not in this run.
+${
+  cpu.length < 2
+    ? ""
+    : `
+CPU time per request of each process of a mirror (utime + stime from \`/proc/PID/stat\`
+over the fio run, ramp included, divided by the requests of ramp + runtime):
+
+${markdownTable(cpu)}
+`
+}`;
   return `# NBD server benchmark — latest results
 
 ${data.date} · \`npm run bench\` (scripts/bench/nbd-bench.mjs) · median of ${c.runs} runs per cell,
@@ -124,7 +150,7 @@ ${markdownTable(rows)}
 
 ${ratioLegend(data.ratios)} IOPS spread: (max − min) ÷ median of the runs, a measure of
 the noise on the machine during the run.
-
+${targetSection}
 The 1-minute load average at the start of the runs was ${loadText} (min / median / max) on
 ${m.nproc} CPUs: above ${m.nproc}, other work on the machine was competing with the servers and fio.
 ${mirrorSection}
@@ -180,6 +206,7 @@ offset = len), the images are fsynced, and the processes' peak RSS is reset
 (\`/proc/PID/clear_refs\`), so the peak RSS is the run's own. Right after fio the lag is read
 (peercopy: \`lag.bytes\` and \`lag.ms\` of \`/status\`; qemu-storage-daemon: \`len − offset\`
 of \`query-block-jobs\`, the bytes still to copy), then the run waits until the copy has
-caught up ("drain") before the next server's run. The async configurations have no lag bound
-(no \`--max-lag\`), so "ended unsuspended" is all their bound can say.`;
+caught up ("drain") before the next server's run. peercopy's async configurations run with
+\`--max-lag 64M\` (hosts are slowed down at the bound); qemu-storage-daemon's async mirror has
+no bound, so "ended unsuspended" is all its bound can say.`;
 }

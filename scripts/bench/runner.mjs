@@ -136,6 +136,9 @@ export async function runOne({ rep, workload, server }, image, opts, pool, comma
       rssMiB: rss.reduce((a, b) => a + b, 0) / 2 ** 20,
       rssMiBByProcess: Object.fromEntries(labels.map((label, i) => [label, rss[i] / 2 ** 20])),
       cpuSeconds: cpu.reduce((a, b, i) => a + b - (cpuBefore[i] ?? 0), 0),
+      cpuSecondsByProcess: Object.fromEntries(
+        labels.map((label, i) => [label, cpu[i] - (cpuBefore[i] ?? 0)]),
+      ),
     });
     if (running.afterRun !== undefined) record.mirror = await running.afterRun();
   } catch (err) {
