@@ -1,12 +1,5 @@
 import { UsageError } from "./args.js";
-import { serveCommand } from "./serve.js";
-import { primaryCommand } from "./primary.js";
-import { secondaryCommand } from "./secondary.js";
-import { demoCommand } from "./demo.js";
-import { controlCommand, controlGroup } from "./control.js";
 import { MetadataError } from "../metadata/errors.js";
-import { ConfigError } from "../controller/primary.js";
-import { attachCommand, detachCommand } from "./attach.js";
 
 const USAGE = `usage: peercopy <command> [options]
 
@@ -38,23 +31,28 @@ type Command = (args: string[]) => Promise<number>;
 /** Commands whose first argument is a second word: `peercopy link set`. */
 const GROUPS = new Set(["link", "disk"]);
 
-const COMMANDS: Readonly<Record<string, Command>> = {
-  serve: serveCommand,
-  primary: primaryCommand,
-  secondary: secondaryCommand,
-  demo: demoCommand,
-  status: controlCommand("status"),
-  suspend: controlCommand("suspend"),
-  resume: controlCommand("resume"),
-  promote: controlCommand("promote"),
-  demote: controlCommand("demote"),
-  resolve: controlCommand("resolve"),
-  resync: controlCommand("resync"),
-  verify: controlCommand("verify"),
-  link: controlGroup("link"),
-  disk: controlGroup("disk"),
-  attach: attachCommand,
-  detach: detachCommand,
+const control = (verb: string) => async () => (await import("./control.js")).controlCommand(verb);
+const group = (name: string) => async () => (await import("./control.js")).controlGroup(name);
+
+// Each command's modules load when it runs: `peercopy attach` or `status` does
+// not wait for the controller's (seconds of startup in an emulated guest).
+const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
+  serve: async () => (await import("./serve.js")).serveCommand,
+  primary: async () => (await import("./primary.js")).primaryCommand,
+  secondary: async () => (await import("./secondary.js")).secondaryCommand,
+  demo: async () => (await import("./demo.js")).demoCommand,
+  status: control("status"),
+  suspend: control("suspend"),
+  resume: control("resume"),
+  promote: control("promote"),
+  demote: control("demote"),
+  resolve: control("resolve"),
+  resync: control("resync"),
+  verify: control("verify"),
+  link: group("link"),
+  disk: group("disk"),
+  attach: async () => (await import("./attach.js")).attachCommand,
+  detach: async () => (await import("./attach.js")).detachCommand,
 };
 
 /** Runs a command line; returns the exit code (0 ok, 1 runtime failure, 2 usage or configuration error). */
@@ -64,11 +62,13 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return name === undefined ? 2 : 0;
   }
-  const command = COMMANDS[name];
+  const load = COMMANDS[name];
   try {
-    if (command === undefined)
+    if (load === undefined)
       throw new UsageError(`unknown command "${name}"; run "peercopy --help"`);
-    return await command(rest);
+    return await (
+      await load()
+    )(rest);
   } catch (err) {
     if (err instanceof UsageError) {
       // An option the command does not know: point at the list of those it does.
@@ -81,8 +81,10 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
     // A metadata file that does not fit, or a remote that can never take the
-    // stream: the operator has to change something; retrying would not help.
-    if (err instanceof MetadataError || err instanceof ConfigError) {
+    // stream (ConfigError, known by its code: its module is the controller's):
+    // the operator has to change something; retrying would not help.
+    const configError = err instanceof Error && (err as { code?: unknown }).code === "ECONFIG";
+    if (err instanceof MetadataError || configError) {
       process.stderr.write(`peercopy ${name}: ${err.message}\n`);
       return 2;
     }
