@@ -74,9 +74,7 @@ export async function attach(options: AttachOptions): Promise<Attachment> {
         `--device ${options.device}: the ${kernel ? "kernel NBD client attaches /dev/nbdN" : "nbdfuse path attaches a loop device, /dev/loopN"}`,
       );
   }
-  const attachment = kernel
-    ? await attachKernel(options.uri, uri, options.device)
-    : await attachFuse(options);
+  const attachment = kernel ? await attachKernel(options, uri) : await attachFuse(options);
   await writeFile(
     recordPath(options.runtimeDir, attachment.device),
     `${JSON.stringify(attachment, null, 2)}\n`,
@@ -84,35 +82,67 @@ export async function attach(options: AttachOptions): Promise<Attachment> {
   return attachment;
 }
 
+/**
+ * True while /dev/nbdN is connected: the kernel shows a pid file (the process
+ * that connected it; with the netlink interface nbd-client has exited since).
+ */
+function nbdConnected(device: string): boolean {
+  return existsSync(join("/sys/block", basename(device), "pid"));
+}
+
 async function freeNbdDevice(): Promise<string> {
   const names = (await readdir("/sys/block")).filter((n) => /^nbd\d+$/.test(n));
   names.sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)));
-  for (const name of names) {
-    // A connected nbd device has a pid file naming its client.
-    if (!existsSync(join("/sys/block", name, "pid"))) return `/dev/${name}`;
-  }
+  for (const name of names) if (!nbdConnected(name)) return `/dev/${name}`;
   throw new AttachError("every /dev/nbdN is in use; detach one or load nbd with more nbds_max");
 }
 
+/**
+ * What nbd-client said, without its progress dots and without the warning it
+ * prints for every empty export name ("the oldstyle protocol is no longer
+ * supported"): it negotiates newstyle all the same.
+ */
+export function nbdClientMessage(output: string): string {
+  const lines = output
+    .split("\n")
+    .filter((l) => !/^(Warning: the oldstyle protocol|This method now uses the newstyle)/.test(l))
+    .map((l) =>
+      l
+        .replace(/^Negotiation: \.*(size = \S+)?/, "")
+        .replace(/^Error: /, "")
+        .trim(),
+    )
+    .filter((l) => l !== "" && l !== "Exiting.");
+  return lines.join("; ") || "no message";
+}
+
 async function attachKernel(
-  text: string,
+  options: AttachOptions,
   uri: ReturnType<typeof parseNbdUri>,
-  device: string | undefined,
 ): Promise<Attachment> {
   const client = findProgram("nbd-client");
   if (client === undefined)
     throw new AttachError("nbd-client is not installed (Debian: apt-get install nbd-client)");
   if (!(await kernelNbdAvailable()))
     throw new AttachError("the kernel has no nbd module; use --method fuse");
-  const dev = device ?? (await freeNbdDevice());
+  const dev = options.device ?? (await freeNbdDevice());
+  // The kernel would refuse (nbd-client says only "Failed to setup device, check dmesg").
+  if (nbdConnected(dev)) {
+    const record = (await listAttachments(options.runtimeDir)).find((a) => a.device === dev);
+    throw new AttachError(
+      record === undefined
+        ? `${dev} is already connected, not by peercopy attach; give another --device`
+        : `${dev} is already connected (peercopy attach ${record.uri}); peercopy detach ${dev} first, or give another --device`,
+    );
+  }
   const where =
     uri.endpoint.kind === "unix"
       ? ["-unix", uri.endpoint.path]
       : [uri.endpoint.host, String(uri.endpoint.port)];
   const result = await runProgram(client, [...where, dev, "-N", uri.exportName]);
   if (result.code !== 0)
-    throw new AttachError(`nbd-client could not attach ${dev}: ${result.output.trim()}`);
-  return { method: "kernel", device: dev, uri: text, attachedAt: new Date().toISOString() };
+    throw new AttachError(`nbd-client could not attach ${dev}: ${nbdClientMessage(result.output)}`);
+  return { method: "kernel", device: dev, uri: options.uri, attachedAt: new Date().toISOString() };
 }
 
 async function attachFuse(options: AttachOptions): Promise<Attachment> {
