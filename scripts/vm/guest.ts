@@ -4,6 +4,12 @@
 // libraries from this machine. Built once into a cache directory; a change to
 // the guest's init script or the module list builds a new one.
 //
+// With `peercopy` set, a second archive is appended to that initramfs (the
+// kernel unpacks concatenated cpio archives in turn): this machine's node and
+// its libraries, and the checkout's package.json, dist/ and the production
+// node_modules, so the guest runs the peercopy CLI itself. That layer is kept
+// beside the base, named by a hash of its contents.
+//
 // The kernel boots uncompressed: qemu loads the ELF vmlinux from inside the
 // bzImage straight into guest memory through its PVH entry point, so the guest
 // does not spend most of its boot decompressing itself under TCG.
@@ -18,9 +24,10 @@ import {
   readFile,
   rename,
   rm,
+  stat,
   writeFile,
 } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 import { promisify } from "node:util";
 
 const exec = promisify(execFile);
@@ -47,6 +54,17 @@ export interface Guest {
   readonly kernelVersion: string;
   /** True when this call built it; false when it came from the cache. */
   readonly built: boolean;
+  /** Bytes of the initramfs qemu loads, and of the peercopy layer in it (0 without). */
+  readonly initrdBytes: number;
+  readonly peercopyBytes: number;
+}
+
+export interface GuestOptions {
+  /**
+   * A peercopy checkout, built (dist/): the initramfs also carries node, at
+   * /usr/bin/node, and peercopy under /peercopy with /usr/bin/peercopy to run it.
+   */
+  readonly peercopy?: string;
 }
 
 async function sh(file: string, args: readonly string[], cwd?: string): Promise<string> {
@@ -221,8 +239,111 @@ async function extractVmlinux(bzImage: string, out: string): Promise<boolean> {
   return true;
 }
 
-/** The kernel and initramfs in cacheDir, built first if missing. */
-export async function ensureGuest(cacheDir: string, log: (line: string) => void): Promise<Guest> {
+/** The directories of the packages package.json's dependencies pull in, resolved as node does. */
+async function productionPackages(root: string): Promise<string[]> {
+  const found = new Set<string>();
+  const visit = async (from: string): Promise<void> => {
+    const pkg = JSON.parse(await readFile(join(from, "package.json"), "utf8")) as {
+      dependencies?: Record<string, string>;
+      optionalDependencies?: Record<string, string>;
+    };
+    for (const name of Object.keys({ ...pkg.dependencies, ...pkg.optionalDependencies })) {
+      const dir = resolvePackage(root, from, name);
+      if (dir === undefined) {
+        if (pkg.optionalDependencies?.[name] !== undefined) continue;
+        throw new Error(`${name}, needed by ${from}, is not installed (npm ci)`);
+      }
+      if (found.has(dir)) continue;
+      found.add(dir);
+      await visit(dir);
+    }
+  };
+  await visit(root);
+  return [...found].sort();
+}
+
+/** node_modules/NAME in `from` or the nearest directory above it, up to root. */
+function resolvePackage(root: string, from: string, name: string): string | undefined {
+  for (let d = from; ; d = dirname(d)) {
+    const candidate = join(d, "node_modules", name);
+    if (existsSync(join(candidate, "package.json"))) return candidate;
+    if (d === root || dirname(d) === d) return undefined;
+  }
+}
+
+/** Regular files under dir, sorted, not descending into nested node_modules. */
+async function filesUnder(dir: string, keep: (name: string) => boolean): Promise<string[]> {
+  const out: string[] = [];
+  const entries = await readdir(dir, { withFileTypes: true });
+  entries.sort((a, b) => (a.name < b.name ? -1 : 1));
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory() && e.name !== "node_modules") out.push(...(await filesUnder(path, keep)));
+    else if (e.isFile() && keep(e.name)) out.push(path);
+  }
+  return out;
+}
+
+/**
+ * The second archive: node with its libraries, and peercopy from the checkout
+ * at root (package.json, for "type": "module"; dist/ without source maps and
+ * declarations; every package `dependencies` pulls in: pino, pino-pretty,
+ * prom-client, cli-progress and theirs).
+ */
+async function peercopyLayer(root: string): Promise<Buffer> {
+  if (!existsSync(join(root, "dist/src/cli/main.js")))
+    throw new Error(`${root}/dist is not built (npm run build)`);
+  const node = process.execPath;
+  const files = new Map<string, string>(); // guest path → host path
+  for (const p of [node, ...(await sharedLibraries([node]))]) files.set(p, p);
+  const add = (host: string): void => {
+    const rel = relative(root, host);
+    if (rel.startsWith("..")) throw new Error(`${host} lies outside ${root}`);
+    files.set(join("/peercopy", rel), host);
+  };
+  add(join(root, "package.json"));
+  for (const f of await filesUnder(join(root, "dist"), (n) => !/\.(map|d\.ts)$/.test(n))) add(f);
+  for (const pkg of await productionPackages(root))
+    for (const f of await filesUnder(pkg, () => true)) add(f);
+
+  const cpio = new Cpio();
+  const wrapper = "usr/bin/peercopy";
+  for (const d of parents([...files.keys(), `/${wrapper}`])) cpio.dir(d.slice(1));
+  for (const [guest, host] of files)
+    cpio.file(guest.slice(1), await readFile(host), (await stat(host)).mode & 0o777);
+  const main = "/peercopy/dist/src/cli/main.js";
+  cpio.file(wrapper, Buffer.from(`#!/bin/sh\nexec ${node} ${main} "$@"\n`), 0o755);
+  return cpio.finish();
+}
+
+/** The kernel and initramfs in cacheDir, built first if missing; with peercopy and node if asked. */
+export async function ensureGuest(
+  cacheDir: string,
+  log: (line: string) => void,
+  options: GuestOptions = {},
+): Promise<Guest> {
+  const base = await baseGuest(cacheDir, log);
+  const baseBytes = (await stat(base.initrd)).size;
+  if (options.peercopy === undefined) return { ...base, initrdBytes: baseBytes, peercopyBytes: 0 };
+  const layer = await peercopyLayer(options.peercopy);
+  const key = createHash("sha256").update(layer).digest("hex").slice(0, 12);
+  const dir = dirname(base.initrd);
+  const initrd = join(dir, `initrd-peercopy-${key}.cpio`);
+  if (!existsSync(initrd)) {
+    for (const name of await readdir(dir))
+      if (/^initrd-peercopy-\w+\.cpio$/.test(name)) await rm(join(dir, name), { force: true });
+    const tmp = join(dir, `.${basename(initrd)}.${process.pid}`);
+    await writeFile(tmp, Buffer.concat([await readFile(base.initrd), layer]));
+    await rename(tmp, initrd);
+    log(`node and peercopy added to the initramfs (${(layer.length / 2 ** 20).toFixed(1)} MiB)`);
+  }
+  return { ...base, initrd, initrdBytes: baseBytes + layer.length, peercopyBytes: layer.length };
+}
+
+async function baseGuest(
+  cacheDir: string,
+  log: (line: string) => void,
+): Promise<Omit<Guest, "initrdBytes" | "peercopyBytes">> {
   const init = await readFile(join(import.meta.dirname, "init.sh"), "utf8");
   const pkg = await kernelPackage();
   // This file and the init script say how the guest is built: a change to either builds anew.
@@ -249,8 +370,13 @@ export async function ensureGuest(cacheDir: string, log: (line: string) => void)
     log(`downloading ${pkg} (kept in ${cacheDir})`);
     const debs = join(cacheDir, "debs");
     await mkdir(debs, { recursive: true });
-    if (!(await readdir(debs)).some((f) => f.startsWith(`${pkg}_`)))
-      await sh("apt-get", ["download", "-q", pkg], debs);
+    // Downloaded beside the build and moved in whole: a build running alongside
+    // (the VM tests run side by side) never sees half a package.
+    if (!(await readdir(debs)).some((f) => f.startsWith(`${pkg}_`))) {
+      await sh("apt-get", ["download", "-q", pkg], work);
+      for (const f of await readdir(work))
+        if (f.startsWith(`${pkg}_`)) await rename(join(work, f), join(debs, f));
+    }
     const deb = (await readdir(debs)).find((f) => f.startsWith(`${pkg}_`));
     if (deb === undefined) throw new Error(`apt-get download ${pkg} left no .deb in ${debs}`);
     log(`extracting the kernel and ${MODULES.length} modules from ${deb}`);
@@ -270,8 +396,14 @@ export async function ensureGuest(cacheDir: string, log: (line: string) => void)
     if (!pvh) await copyFile(bzImage, join(tmp, "vmlinuz"));
     kernel = pvh ? "vmlinux" : "vmlinuz";
     await buildInitrd(init, moduleDir, order, join(tmp, "initrd.cpio"));
-    await rm(dir, { recursive: true, force: true });
-    await rename(tmp, dir);
+    await rename(tmp, dir).catch(async (err: unknown) => {
+      // The same guest, built alongside, got there first: use that one.
+      if (existsSync(join(dir, "initrd.cpio")) && existsSync(join(dir, kernel))) return;
+      const code = (err as { code?: unknown }).code;
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+      await rm(dir, { recursive: true, force: true });
+      await rename(tmp, dir);
+    });
     // Builds for other kernels or init scripts, and older packages, are not needed again.
     for (const name of await readdir(cacheDir))
       if (name.startsWith("linux-image-") && join(cacheDir, name) !== dir)
