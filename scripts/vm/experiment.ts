@@ -73,9 +73,15 @@ function seconds(ms: number): number {
   return Math.round(ms / 100) / 10;
 }
 
-function qemuArgs(guest: Guest, cmdline: string, disk: { variant: Variant; port: number }) {
+/** qemu's command line; `memoryMiB` more than the default 384 for a guest that carries node. */
+export function qemuArgs(
+  guest: Guest,
+  cmdline: string,
+  disk: { variant: Variant; port: number },
+  memoryMiB = 384,
+) {
   const args = [
-    ...["-machine", "q35", "-accel", "tcg", "-m", "384", "-smp", "1"],
+    ...["-machine", "q35", "-accel", "tcg", "-m", String(memoryMiB), "-smp", "1"],
     ...["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"],
     ...["-kernel", guest.kernel, "-initrd", guest.initrd],
     ...["-append", `console=ttyS0 quiet panic=-1 ${cmdline}`],
@@ -379,9 +385,10 @@ export function describeResult(result: ExperimentResult): string {
 }
 
 const USAGE =
-  "usage: scripts/vm-experiment [--variant nbd|virtio|both] [--batches N] [--per N] [--no-failback] [--cache DIR] [--timeout SECONDS] [--json]\n";
+  "usage: scripts/vm-experiment [--variant nbd|virtio|both] [--batches N] [--per N] [--no-failback] [--cache DIR] [--timeout SECONDS] [--json]\n" +
+  "       scripts/vm-experiment --attach [--per N] [--cache DIR] [--timeout SECONDS] [--json]\n";
 
-function count(value: string, name: string, max: number): number {
+export function count(value: string, name: string, max: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > max)
     throw new Error(`--${name}: "${value}" must be a whole number from 1 to ${max}`);

@@ -148,11 +148,17 @@ export class Controller extends Proc {
     );
   }
 
-  /** Waits for "listening" and "admin API"; learns the host URI and the admin URL. */
-  async ready(): Promise<this> {
+  /** Waits for "listening"; learns the host URI and port. */
+  async listening(): Promise<this> {
     const listening = await this.waitForLog("listening");
     this.uri = String(listening.uri);
     this.port = Number(/:(\d+)\//.exec(this.uri)?.[1]);
+    return this;
+  }
+
+  /** Waits for "listening" and "admin API"; learns the host URI and the admin URL. */
+  async ready(): Promise<this> {
+    await this.listening();
     const admin = await this.waitForLog("admin API");
     this.adminUrl = String(admin.status).replace(/\/status$/, "");
     if (typeof admin.tokenFile === "string")
