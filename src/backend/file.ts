@@ -161,12 +161,7 @@ export class FileBackend implements Backend {
    * block, as under writeback throttling, sends writes to the pool for a while.)
    */
   write(data: Buffer, offset: number, flags: number): Promise<void> {
-    if (
-      data.length <= this.inlineMax &&
-      (flags & NBD_CMD_FLAG_FUA) === 0 &&
-      this.inlineWrites &&
-      performance.now() >= this.inlinePausedUntil
-    ) {
+    if (this.inline(data.length, flags)) {
       const start = performance.now();
       let n: number;
       try {
@@ -174,12 +169,21 @@ export class FileBackend implements Backend {
       } catch (err) {
         return Promise.reject(err instanceof Error ? err : new Error(String(err)));
       }
-      const elapsed = performance.now() - start;
-      this.noteInlineWrite(start, elapsed);
+      this.noteInlineWrite(start, performance.now() - start);
       if (n === data.length) return DONE;
       return this.writeFromPool(data.subarray(n), offset + n, flags);
     }
     return this.writeFromPool(data, offset, flags);
+  }
+
+  /** Whether a write of `length` bytes goes to the page cache on the calling thread. */
+  private inline(length: number, flags: number): boolean {
+    return (
+      length <= this.inlineMax &&
+      (flags & NBD_CMD_FLAG_FUA) === 0 &&
+      this.inlineWrites &&
+      performance.now() >= this.inlinePausedUntil
+    );
   }
 
   private noteInlineWrite(start: number, elapsed: number): void {
@@ -196,21 +200,38 @@ export class FileBackend implements Backend {
     this.inlineStalls = stalls;
   }
 
-  /** One pwritev for a payload that arrived in pieces: the kernel gathers them. */
-  async writev(parts: readonly Buffer[], offset: number, flags: number): Promise<void> {
+  /**
+   * One pwritev for a payload that arrived in pieces: the kernel gathers them. A
+   * small one goes inline, as write() does.
+   */
+  writev(parts: readonly Buffer[], offset: number, flags: number): Promise<void> {
+    let length = 0;
+    for (const part of parts) length += part.length;
+    if (!this.inline(length, flags)) return this.writevFromPool(parts, offset, flags);
+    const start = performance.now();
+    let n: number;
+    try {
+      n = fs.writevSync(this.fd, parts, offset);
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    this.noteInlineWrite(start, performance.now() - start);
+    if (n === length) return DONE;
+    return this.writevFromPool(rest(parts, n), offset + n, flags);
+  }
+
+  private async writevFromPool(
+    parts: readonly Buffer[],
+    offset: number,
+    flags: number,
+  ): Promise<void> {
     const fd = (flags & NBD_CMD_FLAG_FUA) !== 0 ? this.syncFd : this.fd;
     let at = offset;
-    let rest = parts;
-    while (rest.length > 0) {
-      let n = await pwritev(fd, rest, at);
+    let left = parts;
+    while (left.length > 0) {
+      const n = await pwritev(fd, left, at);
       at += n;
-      // A short write (rare on files) leaves the tail of the vector to go again.
-      let i = 0;
-      while (i < rest.length && n >= (rest[i] as Buffer).length) n -= (rest[i++] as Buffer).length;
-      rest =
-        i < rest.length && n > 0
-          ? [(rest[i] as Buffer).subarray(n), ...rest.slice(i + 1)]
-          : rest.slice(i);
+      left = rest(left, n);
     }
   }
 
@@ -340,6 +361,16 @@ async function blockDeviceSize(path: string, stat: fs.Stats): Promise<number> {
       cause: err,
     });
   }
+}
+
+/** What is left of a vector once its first `written` bytes are on disk (short writes are rare on files). */
+function rest(parts: readonly Buffer[], written: number): readonly Buffer[] {
+  let n = written;
+  let i = 0;
+  while (i < parts.length && n >= (parts[i] as Buffer).length) n -= (parts[i++] as Buffer).length;
+  return i < parts.length && n > 0
+    ? [(parts[i] as Buffer).subarray(n), ...parts.slice(i + 1)]
+    : parts.slice(i);
 }
 
 function pread(

@@ -1,6 +1,7 @@
 // FileBackend on temporary files. Hole reporting, fast zeroing and TRIM need the
 // native addon: without it those checks are skipped with a loud message on a
 // developer machine and fail under CI, where the addon is always built.
+import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -230,5 +231,51 @@ describe("FileBackend block status", () => {
   it.skipIf(native.available)("without the addon the whole range is reported as data", async () => {
     const b = await create(MiB);
     expect(await b.blockStatus(0, 2 * MiB)).toEqual([{ length: MiB, flags: 0 }]);
+  });
+});
+
+describe("FileBackend.writev", () => {
+  /** A payload in uneven pieces, as a gathered NBD WRITE arrives. */
+  const pieces = (data: Buffer, cuts: number[]): Buffer[] => {
+    const out: Buffer[] = [];
+    let at = 0;
+    for (const cut of [...cuts, data.length]) {
+      out.push(data.subarray(at, cut));
+      at = cut;
+    }
+    return out;
+  };
+
+  it("writes the pieces in order, inline (small), through the pool (large) and with FUA", async () => {
+    const b = await FileBackend.open(fresh(), { createSize: 4 * MiB, inlineMax: 16 * KiB });
+    opened.push(b);
+    const small = pattern(4 * KiB, 1);
+    const large = randomBytes(MiB + 3);
+    const fua = pattern(8 * KiB, 3);
+    await b.writev(pieces(small, [100, 101, 4000]), 512, 0);
+    await b.writev(pieces(large, [65508, 131044, 700000]), MiB, 0);
+    await b.writev(pieces(fua, [1]), 3 * MiB, NBD_CMD_FLAG_FUA);
+    expect(await readAt(b, 512, small.length)).toEqual(small);
+    expect(await readAt(b, MiB, large.length)).toEqual(large);
+    expect(await readAt(b, 3 * MiB, fua.length)).toEqual(fua);
+    // Nothing around them was touched.
+    expect(await readAt(b, 0, 512)).toEqual(Buffer.alloc(512));
+    expect(await readAt(b, 512 + small.length, 64)).toEqual(Buffer.alloc(64));
+  });
+
+  it("goes through the pool when inline writes are off", async () => {
+    const b = await FileBackend.open(fresh(), { createSize: MiB, inlineWrites: false });
+    opened.push(b);
+    const data = pattern(6 * KiB, 4);
+    await b.writev(pieces(data, [10, 5000]), 4 * KiB, 0);
+    expect(await readAt(b, 4 * KiB, data.length)).toEqual(data);
+  });
+
+  it("a failing inline writev rejects (read-only descriptor)", async () => {
+    const path = fresh();
+    await writeFile(path, Buffer.alloc(64 * KiB));
+    const b = await FileBackend.open(path, { readOnly: true });
+    opened.push(b);
+    await expect(b.writev([Buffer.alloc(10), Buffer.alloc(10)], 0, 0)).rejects.toThrow(/EBADF/);
   });
 });
