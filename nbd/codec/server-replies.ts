@@ -110,15 +110,22 @@ export function encodeExportNameReply(size: number, flags: number, noZeroes: boo
 
 export function encodeSimpleReply(error: number, cookieHi: number, cookieLo: number): Buffer {
   const b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
-  writeSimpleReplyHeader(b, error, cookieHi, cookieLo);
+  writeSimpleReply(b, 0, error, cookieHi, cookieLo);
   return b;
 }
 
-function writeSimpleReplyHeader(b: Buffer, error: number, hi: number, lo: number): void {
-  b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(error, 4);
-  b.writeUInt32BE(hi, 8);
-  b.writeUInt32BE(lo, 12);
+/** A simple reply (16 bytes) at `b[at…at+16)`, for a caller gathering several into one buffer. */
+export function writeSimpleReply(
+  b: Buffer,
+  at: number,
+  error: number,
+  hi: number,
+  lo: number,
+): void {
+  b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, at);
+  b.writeUInt32BE(error, at + 4);
+  b.writeUInt32BE(hi, at + 8);
+  b.writeUInt32BE(lo, at + 12);
 }
 
 function writeChunkHeader(
@@ -166,7 +173,7 @@ export function allocReadReply(
     );
     writeUInt64(b, NBD_STRUCTURED_REPLY_HEADER_SIZE, offset);
   } else {
-    writeSimpleReplyHeader(b, 0, cookieHi, cookieLo);
+    writeSimpleReply(b, 0, 0, cookieHi, cookieLo);
   }
   return b;
 }

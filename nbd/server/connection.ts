@@ -24,6 +24,7 @@ import {
   NBD_EPERM,
   NBD_MAX_PAYLOAD,
   NBD_REPLY_FLAG_DONE,
+  NBD_SIMPLE_REPLY_SIZE,
 } from "../constants.js";
 import { NbdProtocolError, toNbdErrno } from "../errors.js";
 import type { Export, Extent } from "../export.js";
@@ -33,9 +34,9 @@ import {
   allocReadReply,
   encodeBlockStatus,
   encodeGreeting,
-  encodeSimpleReply,
   encodeStructuredError,
   readReplyOverhead,
+  writeSimpleReply,
 } from "../codec/server-replies.js";
 import { Negotiation, type NegotiationHost, type SelectedContext } from "./negotiate.js";
 import type { ServedExport } from "./exports.js";
@@ -76,6 +77,13 @@ export interface ConnectionOwner {
   limitHit(kind: LimitKind, details: Record<string, unknown>): void;
 }
 
+/**
+ * Simple replies of one tick are gathered in a slab and leave as one write. A region
+ * handed to the socket is never written again: a full slab is replaced, and freed once
+ * the socket is done with it.
+ */
+const REPLY_SLAB_SIZE = 1024 * NBD_SIMPLE_REPLY_SIZE;
+
 // Servers SHOULD NOT send more than 2^20 descriptors in one chunk ("NBD_CMD_BLOCK_STATUS").
 const MAX_EXTENTS_PER_CHUNK = 2 ** 20;
 
@@ -111,6 +119,10 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private payloadSince = 0;
   private writeBlocked = false;
   private corked = false;
+  private replySlab = Buffer.allocUnsafe(REPLY_SLAB_SIZE);
+  /** replySlab[replyStart…replyEnd): gathered replies not handed to the socket yet. */
+  private replyStart = 0;
+  private replyEnd = 0;
   private closing = false;
   private finished = false;
   private drainWaiters: (() => void)[] = [];
@@ -192,7 +204,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
   onRequest(req: NbdRequest): void {
     if (req.type === NBD_CMD_DISC) {
       this.parser.stop();
-      void this.drain().then(() => this.stream.end());
+      void this.drain().then(() => this.endStream());
       return;
     }
     const error = this.validate(req);
@@ -294,18 +306,48 @@ export class Connection implements ServerParserSink, NegotiationHost {
     if (error !== undefined)
       this.owner.logger.warn({ peer: this.peer, err: error.message }, "closing connection");
     this.parser.stop();
-    this.stream.end();
+    this.endStream();
   }
 
   send(buffer: Buffer): void {
     if (this.finished) return;
-    // Replies finishing in the same tick leave in one write.
-    if (!this.corked) {
-      this.corked = true;
-      this.stream.cork();
-      setImmediate(this.uncork);
-    }
+    this.corkForTick();
+    this.flushReplies();
     if (!this.stream.write(buffer)) this.writeBlocked = true;
+  }
+
+  /** A simple reply, gathered with the others of this tick (see REPLY_SLAB_SIZE). */
+  private sendSimpleReply(error: number, req: NbdRequest): void {
+    if (this.finished) return;
+    this.corkForTick();
+    if (this.replyEnd + NBD_SIMPLE_REPLY_SIZE > this.replySlab.length) {
+      this.flushReplies();
+      this.replySlab = Buffer.allocUnsafe(REPLY_SLAB_SIZE);
+      this.replyStart = this.replyEnd = 0;
+    }
+    writeSimpleReply(this.replySlab, this.replyEnd, error, req.cookieHi, req.cookieLo);
+    this.replyEnd += NBD_SIMPLE_REPLY_SIZE;
+  }
+
+  /** Replies finishing in the same tick leave in one write. */
+  private corkForTick(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.stream.cork();
+    setImmediate(this.uncork);
+  }
+
+  /** End our side once the gathered replies are handed to the socket. */
+  private endStream(): void {
+    if (!this.finished) this.flushReplies();
+    this.stream.end();
+  }
+
+  private flushReplies(): void {
+    if (this.replyEnd === this.replyStart) return;
+    const gathered = this.replySlab.subarray(this.replyStart, this.replyEnd);
+    this.replyStart = this.replyEnd;
+    if (!this.stream.write(gathered)) this.writeBlocked = true;
   }
 
   // --- shutdown ---
@@ -316,7 +358,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
     this.parser.stop();
     this.stream.pause();
     await this.drain();
-    this.stream.end();
+    this.endStream();
     // A client that never closes its side must not keep the process alive.
     setTimeout(() => this.stream.destroy(), 2000).unref();
   }
@@ -394,7 +436,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
       case NBD_CMD_BLOCK_STATUS:
         return this.blockStatus(req, volume);
     }
-    this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+    this.sendSimpleReply(0, req);
   }
 
   /**
@@ -426,11 +468,9 @@ export class Connection implements ServerParserSink, NegotiationHost {
 
   private replyError(req: NbdRequest, error: number, message: string): void {
     this.owner.logger.debug({ peer: this.peer, error, message }, "request failed");
-    this.send(
-      this.negotiation.structured
-        ? encodeStructuredError(error, req.cookieHi, req.cookieLo, message)
-        : encodeSimpleReply(error, req.cookieHi, req.cookieLo),
-    );
+    if (this.negotiation.structured)
+      this.send(encodeStructuredError(error, req.cookieHi, req.cookieLo, message));
+    else this.sendSimpleReply(error, req);
   }
 
   private describeRejection(req: NbdRequest, error: number): string {
@@ -529,6 +569,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
 
   private readonly uncork = (): void => {
     this.corked = false;
+    if (!this.finished) this.flushReplies();
     this.stream.uncork();
   };
 
