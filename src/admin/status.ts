@@ -60,6 +60,8 @@ export function primaryStatus(info: ControllerInfo, m: MirrorFilter): Record<str
       maxMs: m.lag.maxMs ?? null,
       policy: m.lag.policy,
     },
+    /** Gathered payloads the primary holds for the link, and memory kept for reuse. */
+    payloads: { held: m.payloads.inUse, pooledBytes: m.payloads.pooledBytes },
     link: {
       state: m.link.state,
       remote: m.link.remoteUri,

@@ -1,12 +1,26 @@
 // Counts the requests and bytes that pass through: what a host asks of a
 // controller, for the admin API's figures and the dashboard's IOPS charts.
 import { Filter } from "./filter.js";
+import type { Backend } from "./types.js";
 
 export class CountingFilter extends Filter {
   reads = 0;
   writes = 0;
   readBytes = 0;
   writtenBytes = 0;
+  /** Kept only when the layer below can write vectors too; else the server joins the parts. */
+  declare writev?: (parts: readonly Buffer[], offset: number, flags: number) => Promise<void>;
+
+  constructor(next: Backend) {
+    super(next);
+    const below = next.writev?.bind(next);
+    if (below !== undefined)
+      this.writev = (parts, offset, flags) => {
+        this.writes++;
+        for (const part of parts) this.writtenBytes += part.length;
+        return below(parts, offset, flags);
+      };
+  }
 
   override read(into: Buffer, offset: number): Promise<void> {
     this.reads++;

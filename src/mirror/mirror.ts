@@ -27,6 +27,7 @@ import { TrackState } from "./tracks.js";
 import { LagTracker } from "./lag.js";
 import { Resync } from "./resync.js";
 import { Verify } from "./verify.js";
+import { PayloadPool } from "./payload-pool.js";
 
 export interface MirrorOptions {
   remote: string;
@@ -76,6 +77,8 @@ export class MirrorFilter extends Filter {
   /** The local volume failed a read for a resync copy. */
   resyncReadErrors = 0;
   private readonly runs = new Map<number, TaskRun>();
+  /** Where payloads that arrived in pieces are gathered while mirrored. */
+  readonly payloads = new PayloadPool();
   /** Runs whose subtasks are not all dispatched: a later task on their tracks waits. */
   private readonly undispatched = new Set<TaskRun>();
   private hostAckCounter = 0;
@@ -153,15 +156,28 @@ export class MirrorFilter extends Filter {
   };
 
   override write(data: Buffer, offset: number, flags: number): Promise<void> {
-    return this.submit({ kind: "write", offset, data, flags });
+    return this.submit({ kind: "write", offset, data, flags }, undefined);
+  }
+
+  /** A payload that arrived in pieces: gathered into pooled memory while mirroring. */
+  writev(parts: readonly Buffer[], offset: number, flags: number): Promise<void> {
+    let length = 0;
+    for (const part of parts) length += part.length;
+    if (!this.mirroring || this.demoted)
+      return this.submit(
+        { kind: "write", offset, data: Buffer.concat(parts, length), flags },
+        undefined,
+      );
+    const pooled = this.payloads.gather(parts, length);
+    return this.submit({ kind: "write", offset, data: pooled.subarray(0, length), flags }, pooled);
   }
 
   override zero(offset: number, length: number, flags: number): Promise<void> {
-    return this.submit({ kind: "zero", offset, length, flags });
+    return this.submit({ kind: "zero", offset, length, flags }, undefined);
   }
 
   override trim(offset: number, length: number, flags: number): Promise<void> {
-    return this.submit({ kind: "trim", offset, length, flags });
+    return this.submit({ kind: "trim", offset, length, flags }, undefined);
   }
 
   /**
@@ -236,9 +252,12 @@ export class MirrorFilter extends Filter {
 
   // --- the host stage ---
 
-  private async submit(request: TaskRequest): Promise<void> {
-    if (this.demoted) throw demotedError();
-    if (!this.mirroring) return this.unmirroredWithIntent(request);
+  private async submit(request: TaskRequest, pooled: Buffer | undefined): Promise<void> {
+    if (this.demoted || !this.mirroring) {
+      if (pooled !== undefined) this.payloads.release(pooled);
+      if (this.demoted) throw demotedError();
+      return this.unmirroredWithIntent(request);
+    }
     const length = request.kind === "write" ? request.data.length : request.length;
     const gate = this.lag.admit(length);
     if (gate !== undefined) await gate;
@@ -252,10 +271,12 @@ export class MirrorFilter extends Filter {
     if (!this.mirroring) {
       this.side.endWrite(task.firstSeq, task.count);
       this.lag.release(length);
-      return this.unmirrored(request);
+      if (pooled === undefined) return this.unmirrored(request);
+      return this.unmirrored(request).finally(() => this.payloads.release(pooled));
     }
     return new Promise<void>((resolve, reject) => {
       const run = new TaskRun(task, this.hostAckCounter, resolve, reject, false);
+      run.pooled = pooled;
       this.begin(run);
       for (const sub of task.subtasks) {
         this.localOp(sub).then(
@@ -331,7 +352,16 @@ export class MirrorFilter extends Filter {
     if (run.localLeft === 0) this.localComplete(run);
   }
 
+  /** The payload's pooled memory goes back once the local volume and the link are done with it. */
+  private payloadDone(run: TaskRun): void {
+    const pooled = run.pooled;
+    if (pooled === undefined || run.localLeft !== 0 || run.remoteLeft > 0) return;
+    run.pooled = undefined;
+    this.payloads.release(pooled);
+  }
+
   private localComplete(run: TaskRun): void {
+    this.payloadDone(run);
     if (run.localError !== undefined) {
       this.settleHost(run, run.localError);
       // What the disk holds on those tracks is unknown, and the secondary may have part of
@@ -419,7 +449,10 @@ export class MirrorFilter extends Filter {
     const run = entry.owner as TaskRun;
     const sub = entry.subtask as Subtask;
     this.tracks.releasePending(sub.seq, false);
-    if (--run.remoteLeft === 0) this.remoteComplete(run);
+    if (--run.remoteLeft === 0) {
+      this.payloadDone(run);
+      this.remoteComplete(run);
+    }
   }
 
   private remoteComplete(run: TaskRun): void {
@@ -496,6 +529,7 @@ export class MirrorFilter extends Filter {
       this.tracks.releasePending((e.subtask as Subtask).seq, true);
       run.abandoned = true;
       run.remoteLeft--;
+      this.payloadDone(run);
     }
     for (const run of [...this.runs.values()]) this.abandonRun(run);
     this.lag.clear();
@@ -509,6 +543,7 @@ export class MirrorFilter extends Filter {
     if (range !== undefined) {
       for (let t = range.from; t < range.to; t++) this.tracks.releasePending(t, true);
       run.remoteLeft -= range.to - range.from;
+      this.payloadDone(run);
     }
     run.abandoned = true;
     this.retire(run);

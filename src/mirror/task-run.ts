@@ -12,6 +12,8 @@ export class TaskRun {
   /** The link was lost or mirroring suspended: no more of it goes to the secondary. */
   abandoned = false;
   localError: Error | undefined;
+  /** The pooled buffer the payload was gathered into, given back once nothing reads it. */
+  pooled: Buffer | undefined;
   private dispatchWaiters: (() => void)[] | undefined;
 
   constructor(

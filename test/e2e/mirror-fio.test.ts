@@ -72,6 +72,15 @@ describe.skipIf(!ready)("fio verification through the primary, then on the secon
 
         const written = await fio(primary.uri, [...VERIFY, "--do_verify=1", ...c.jobs], dir);
         expectClean(written, { write: c.bytes, read: c.bytes });
+        // Every payload gathered from socket chunks went back to the pool once the
+        // secondary had it; the 1 MiB writes arrive in pieces, so the pool was used.
+        const drained = (await primary.waitForStatus(
+          (s) => s.lag.writes === 0,
+          "the link drained",
+          30_000,
+        )) as unknown as { payloads: { held: number; pooledBytes: number } };
+        expect(drained.payloads.held).toBe(0);
+        if (c.mode === "async") expect(drained.payloads.pooledBytes).toBeGreaterThan(0);
         await primary.stopClean();
 
         // Same jobs, same random seed: fio replays the offsets and only reads and checks.
