@@ -14,6 +14,7 @@
 //   node scripts/bench/latency-bench.mjs [--runs 3] [--runtime 3] [--latencies 0,1,5,20]
 //       [--max-lag 16M] [--size 256M] [--out DIR]
 import { readFileSync } from "node:fs";
+import { peercopyArgs } from "./peercopy-cli.mjs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -94,7 +95,14 @@ async function startPair(dir, mode) {
   const sPort = await freePort();
   const secondary = spawnTracked(
     process.execPath,
-    [MAIN, "secondary", sImage, "--size", String(size), "--listen", `127.0.0.1:${sPort}`],
+    peercopyArgs(MAIN, [
+      "secondary",
+      sImage,
+      "--size",
+      String(size),
+      "--listen",
+      `127.0.0.1:${sPort}`,
+    ]),
     { name: `${mode} secondary` },
   );
   await secondary.waitForLine((l) => l.includes('"msg":"listening"'), START_TIMEOUT_MS);
@@ -102,7 +110,7 @@ async function startPair(dir, mode) {
   const lagArgs = mode === "async" ? ["--max-lag", String(maxLag), "--on-lag", "block"] : [];
   const primary = spawnTracked(
     process.execPath,
-    [MAIN, "primary", pImage, "--listen", `127.0.0.1:${port}`, "--mode", mode].concat(
+    peercopyArgs(MAIN, ["primary", pImage, "--listen", `127.0.0.1:${port}`, "--mode", mode]).concat(
       ["--remote", `nbd://127.0.0.1:${sPort}/replication`, "--admin", `127.0.0.1:${admin}`],
       ["--link-emulation", "--log-level", "warn"],
       lagArgs,

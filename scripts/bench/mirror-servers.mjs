@@ -9,6 +9,7 @@
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
+import { peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
 import { sleep } from "./proc.mjs";
 import { qmpConnect } from "./qmp.mjs";
 
@@ -18,11 +19,6 @@ export const INITIAL_COPY_TIMEOUT_MS = 600_000;
 const DRAIN_TIMEOUT_MS = 300_000;
 const START_TIMEOUT_MS = 15_000;
 const POLL_MS = 100;
-
-/** @param {string} repoRoot */
-function peercopyMain(repoRoot) {
-  return join(repoRoot, "dist", "src", "cli", "main.js");
-}
 
 /**
  * @typedef {object} MirrorReading  the state of the copy right after fio ended
@@ -77,7 +73,12 @@ function peercopyPair({ name, mode, secondary, maxLag }) {
       const began = Date.now();
       const primary = env.spawn(
         process.execPath,
-        [main, "primary", env.images.primary, "--listen", `127.0.0.1:${hostPort}`].concat([
+        peercopyArgs(main, [
+          "primary",
+          env.images.primary,
+          "--listen",
+          `127.0.0.1:${hostPort}`,
+        ]).concat([
           "--remote",
           remote,
           "--mode",
@@ -264,7 +265,7 @@ function qsdMirror({ name, mode }) {
 async function startPeercopySecondary(env, main, port) {
   const proc = env.spawn(
     process.execPath,
-    [main, "secondary", env.images.secondary, "--listen", `127.0.0.1:${port}`],
+    peercopyArgs(main, ["secondary", env.images.secondary, "--listen", `127.0.0.1:${port}`]),
     { name: "peercopy secondary" },
   );
   await proc.waitForLine((l) => l.includes('"msg":"listening"'), START_TIMEOUT_MS);

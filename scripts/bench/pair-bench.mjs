@@ -10,6 +10,7 @@
 //   node scripts/bench/pair-bench.mjs [--runs 5] [--size 1G] [--runtime 5] [--out DIR]
 //                                     [--only resync,metadata]
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { peercopyArgs } from "./peercopy-cli.mjs";
 import { loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -47,7 +48,7 @@ async function startSecondary(image) {
   const port = await freePort();
   const proc = spawnTracked(
     process.execPath,
-    [MAIN, "secondary", image, "--listen", `127.0.0.1:${port}`],
+    peercopyArgs(MAIN, ["secondary", image, "--listen", `127.0.0.1:${port}`]),
     { name: "peercopy secondary" },
   );
   await proc.waitForLine((l) => l.includes('"msg":"listening"'), START_TIMEOUT_MS);
@@ -58,10 +59,14 @@ async function startPrimary(image, remote, extra = []) {
   const [port, admin] = [await freePort(), await freePort()];
   const proc = spawnTracked(
     process.execPath,
-    [MAIN, "primary", image, "--listen", `127.0.0.1:${port}`, "--remote", remote].concat(
-      ["--admin", `127.0.0.1:${admin}`, "--mode", "sync"],
-      extra,
-    ),
+    peercopyArgs(MAIN, [
+      "primary",
+      image,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--remote",
+      remote,
+    ]).concat(["--admin", `127.0.0.1:${admin}`, "--mode", "sync"], extra),
     { name: "peercopy primary" },
   );
   await proc.waitForLine((l) => l.includes('"msg":"admin API"'), START_TIMEOUT_MS);

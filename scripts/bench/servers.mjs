@@ -12,6 +12,7 @@
 // by each entry with role "reference" in the same group (peercopy ÷ nbdkit, …).
 // Mirrors have role "mirror" and are compared as MIRROR_COMPARISONS lists.
 import { existsSync } from "node:fs";
+import { peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { MIRROR_COMPARISONS, MIRROR_SERVERS } from "./mirror-servers.mjs";
@@ -56,9 +57,7 @@ import { TLS_SERVERS } from "./tls-servers.mjs";
 const START_TIMEOUT_MS = 15_000;
 
 /** @param {string} repoRoot */
-export function peercopyMain(repoRoot) {
-  return join(repoRoot, "dist", "src", "cli", "main.js");
-}
+export { peercopyMain };
 
 /** @type {ServerDef[]} */
 const PLAIN_SERVERS = [
@@ -77,7 +76,12 @@ const PLAIN_SERVERS = [
       const port = await env.freePort();
       const proc = env.spawn(
         process.execPath,
-        [peercopyMain(env.repoRoot), "serve", env.images.disk, "--listen", `127.0.0.1:${port}`],
+        peercopyArgs(peercopyMain(env.repoRoot), [
+          "serve",
+          env.images.disk,
+          "--listen",
+          `127.0.0.1:${port}`,
+        ]),
         { name: "peercopy serve" },
       );
       const line = await proc.waitForLine((l) => l.includes('"msg":"listening"'), START_TIMEOUT_MS);

@@ -40,11 +40,9 @@ mkdir -p "$PREFIX"
 rsync -a --delete --exclude=.git/ --exclude=node_modules/ --exclude=dist/ \
   --exclude=native/build/ --exclude=.cache/ --exclude=var/ /vagrant/ "$PREFIX/"
 (cd "$PREFIX" && npm ci --no-audit --no-fund --loglevel=error)
-cat >/usr/local/bin/peercopy <<EOF
-#!/bin/sh
-exec /usr/local/bin/node $PREFIX/dist/src/cli/main.js "\$@"
-EOF
-chmod 755 /usr/local/bin/peercopy
+# The CLI runs through its own first line (#!/usr/bin/env -S node FLAGS): node's flags live there.
+chmod 755 "$PREFIX/dist/src/cli/main.js"
+ln -sf "$PREFIX/dist/src/cli/main.js" /usr/local/bin/peercopy
 
 # The kernel NBD client: the nbd module at every boot, four devices.
 echo "options nbd nbds_max=4" >/etc/modprobe.d/peercopy-nbd.conf
