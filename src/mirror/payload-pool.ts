@@ -18,7 +18,7 @@ export class PayloadPool {
   inUse = 0;
 
   /** @param maxFreeBytes  memory kept for reuse; buffers given back beyond it are left to the GC */
-  constructor(private readonly maxFreeBytes = 64 * 1024 * 1024) {
+  constructor(private readonly maxFreeBytes = 16 * 1024 * 1024) {
     for (let bits = MIN_CLASS_BITS; bits <= MAX_CLASS_BITS; bits++) this.free.push([]);
   }
 
