@@ -10,7 +10,7 @@ import { existsSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { runSync } from "./proc.mjs";
-import { peercopyMain } from "./servers.mjs";
+import { peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
 
 const START_TIMEOUT_MS = 15_000;
 
@@ -85,7 +85,7 @@ export const TLS_SERVERS = [
       const port = await env.freePort();
       const proc = env.spawn(
         process.execPath,
-        [peercopyMain(env.repoRoot), "serve", env.images.disk]
+        peercopyArgs(peercopyMain(env.repoRoot), ["serve", env.images.disk])
           .concat(["--listen", `127.0.0.1:${port}`])
           .concat(["--tls", "require", "--tls-certificates", creds.server]),
         { name: "peercopy serve --tls require" },
