@@ -36,7 +36,9 @@ export interface Export {
   write(data: Buffer, offset: number, flags: number): Promise<void>;
   /**
    * Optional: write `parts` one after another from `offset`, as one request. A
-   * server hands a payload that arrived in pieces here without joining it.
+   * server hands a payload that arrived in pieces here without joining it. The
+   * parts are lent: once the promise settles the server may fill them with the
+   * next payload, so anything kept longer must be a copy.
    */
   writev?(parts: readonly Buffer[], offset: number, flags: number): Promise<void>;
   /** Make every write that already completed durable. */

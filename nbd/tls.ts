@@ -426,3 +426,60 @@ export function trustOnly(
     return ok ? undefined : `${what} does not trust the ${describePeer(peer)}`;
   };
 }
+
+/** Where a session's plaintext goes when it is read without 'data' events (readPlaintextInto). */
+export interface PlaintextTarget {
+  /** The buffer the next plaintext is written to; never empty. */
+  next(): Buffer;
+  /** `n` bytes were written at the start of the buffer next() returned last. */
+  got(n: number): void;
+}
+
+/** What readPlaintextInto sets on a socket: the state behind net.Socket's `onread` option. */
+interface UserBufferSocket {
+  _handle?: { useUserBuffer?: (buffer: Uint8Array) => void } | null;
+}
+
+/**
+ * Read a TLS session's plaintext into buffers `target` chooses instead of
+ * through 'data': Node then copies each decrypted record there rather than
+ * into a buffer of its own (one allocation and one trip through the stream's
+ * machinery per 16 KiB record), the way net.Socket's `onread` option works for
+ * a plain socket. tls.TLSSocket ignores that option when it wraps a socket
+ * that is already connected, as STARTTLS does, so the option's state is set
+ * here, after the handshake.
+ *
+ * pause() and resume() keep working (they stop and start reading the socket);
+ * 'end', 'error' and 'close' come as before. Returns what had arrived already,
+ * to be taken before anything `target` gets; null, leaving the socket as it
+ * was, where this Node lacks the means (then listen to 'data').
+ */
+export function readPlaintextInto(socket: tls.TLSSocket, target: PlaintextTarget): Buffer[] | null {
+  const handle = (socket as unknown as UserBufferSocket)._handle;
+  const symbols = Object.getOwnPropertySymbols(socket);
+  const find = (name: string): symbol | undefined => symbols.find((s) => s.description === name);
+  const kBuffer = find("kBuffer");
+  const kBufferCb = find("kBufferCb");
+  const kBufferGen = find("kBufferGen");
+  if (
+    kBuffer === undefined ||
+    kBufferCb === undefined ||
+    kBufferGen === undefined ||
+    typeof handle?.useUserBuffer !== "function"
+  )
+    return null;
+  const fields = socket as unknown as Record<symbol, unknown>;
+  const first = target.next();
+  fields[kBufferGen] = () => target.next();
+  fields[kBufferCb] = (n: number) => target.got(n);
+  fields[kBuffer] = first;
+  handle.useUserBuffer(first);
+  const arrived: Buffer[] = [];
+  for (
+    let chunk = socket.read() as Buffer | null;
+    chunk !== null;
+    chunk = socket.read() as Buffer | null
+  )
+    arrived.push(chunk);
+  return arrived;
+}

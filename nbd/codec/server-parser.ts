@@ -106,6 +106,14 @@ export class ServerParser {
   }
 
   /**
+   * Bytes of a gathered WRITE payload still to come, 0 outside one. Chunks of
+   * at most this many bytes pushed now become parts of it as they are.
+   */
+  get payloadRemaining(): number {
+    return this.phase === Phase.Payload && this.pending?.parts != null ? this.remaining : 0;
+  }
+
+  /**
    * Stop handing out requests at the next request boundary: what follows waits
    * until release(). A chunk can hold thousands of request headers, so pausing
    * the stream alone would not stop the ones already read.
@@ -122,7 +130,11 @@ export class ServerParser {
     this.push(held);
   }
 
-  push(chunk: Buffer): void {
+  /**
+   * `transient`: the caller writes over `chunk` once this returns, so whatever
+   * is kept of it (a payload or a part of one, bytes held back) is copied.
+   */
+  push(chunk: Buffer, transient = false): void {
     if (this.held !== null) {
       this.held = Buffer.concat([this.held, chunk]);
       return;
@@ -170,7 +182,7 @@ export class ServerParser {
         }
         case Phase.RequestHeader:
           if (this.holding && this.scratchFilled === 0) {
-            this.held = chunk.subarray(pos);
+            this.held = keep(chunk.subarray(pos), transient);
             return;
           }
           if (this.scratchFilled === 0 && end - pos >= NBD_REQUEST_SIZE) {
@@ -186,8 +198,8 @@ export class ServerParser {
           if ((this.phase as Phase) === Phase.Payload) {
             const request = this.pending as NbdRequest;
             if (end - pos >= this.remaining) {
-              // The whole payload is in this chunk: hand out a view, no copy.
-              request.payload = chunk.subarray(pos, pos + this.remaining);
+              // The whole payload is in this chunk: hand out a view (a copy if transient).
+              request.payload = keep(chunk.subarray(pos, pos + this.remaining), transient);
               pos += this.remaining;
               this.finishPayload();
             } else if (this.gatherPayloads) {
@@ -200,7 +212,8 @@ export class ServerParser {
         case Phase.Payload: {
           const request = this.pending as NbdRequest;
           const n = Math.min(this.remaining, end - pos);
-          if (request.parts !== null) request.parts.push(chunk.subarray(pos, pos + n));
+          if (request.parts !== null)
+            request.parts.push(keep(chunk.subarray(pos, pos + n), transient));
           else chunk.copy(request.payload as Buffer, this.filled, pos, pos + n);
           pos += n;
           this.filled += n;
@@ -295,4 +308,9 @@ export class ServerParser {
     this.stop();
     this.sink.onProtocolError(new NbdProtocolError(message));
   }
+}
+
+/** A view of a chunk the parser keeps, copied when the chunk is reused after push(). */
+function keep(view: Buffer, transient: boolean): Buffer {
+  return transient ? Buffer.from(view) : view;
 }

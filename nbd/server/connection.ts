@@ -40,7 +40,15 @@ import {
 } from "../codec/server-replies.js";
 import { Negotiation, type NegotiationHost, type SelectedContext } from "./negotiate.js";
 import type { ServedExport } from "./exports.js";
-import { describePeer, upgradeServer, type ServerTls, type TlsMode, type TlsPeer } from "../tls.js";
+import { TlsInput } from "./tls-input.js";
+import {
+  describePeer,
+  readPlaintextInto,
+  upgradeServer,
+  type ServerTls,
+  type TlsMode,
+  type TlsPeer,
+} from "../tls.js";
 
 export interface ConnectionLimits {
   /** Requests in flight before the connection stops reading. */
@@ -127,6 +135,8 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private finished = false;
   private drainWaiters: (() => void)[] = [];
   private stream: Duplex;
+  /** Where TLS plaintext is read to (null without TLS, or reading through 'data'). */
+  private tlsInput: TlsInput | null = null;
   /** Who the TLS session authenticated; null without TLS. */
   tlsPeer: TlsPeer | null = null;
 
@@ -142,8 +152,8 @@ export class Connection implements ServerParserSink, NegotiationHost {
     this.send(encodeGreeting());
   }
 
-  private attach(stream: Duplex): void {
-    stream.on("data", this.onData);
+  private attach(stream: Duplex, data = true): void {
+    if (data) stream.on("data", this.onData);
     stream.on("drain", this.onDrain);
     stream.on("error", this.onError);
     stream.on("close", this.onEnd);
@@ -282,8 +292,11 @@ export class Connection implements ServerParserSink, NegotiationHost {
         }
         this.stream = socket;
         this.tlsPeer = peer;
-        this.attach(socket);
         this.parser.resumeOptions();
+        const input = new TlsInput(this.parser);
+        const arrived = readPlaintextInto(socket, input);
+        this.attach(socket, arrived === null);
+        if (arrived !== null) this.tlsInput = input;
         this.owner.logger.debug(
           {
             peer: this.peer,
@@ -293,6 +306,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
           },
           "TLS on",
         );
+        for (const chunk of arrived ?? []) this.parser.push(chunk);
       },
       (err: Error) => {
         this.owner.logger.warn({ peer: this.peer, err: err.message }, "TLS handshake failed");
@@ -489,6 +503,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
   }
 
   private done(req: NbdRequest): void {
+    this.tlsInput?.release(req);
     this.inFlight--;
     const bytes = heldBytes(req);
     if (bytes > 0) {

@@ -25,7 +25,11 @@ import {
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
 } from "../../nbd/constants.js";
+import { randomBytes } from "node:crypto";
+import { connectUri } from "../../nbd/client/index.js";
 import { NbdServer } from "../../nbd/server/server.js";
+import type { Backend } from "../../src/backend/types.js";
+import { FileBackend } from "../../src/backend/file.js";
 import { loadServerTls, parsePskFile, PSK_CIPHERS, type TlsMode } from "../../nbd/tls.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import {
@@ -195,6 +199,66 @@ describe("NBD_OPT_STARTTLS", () => {
     await expect(upgrade(r, "alice", Buffer.alloc(16, 9))).rejects.toThrow();
     expect(await r.closed()).toBe(true);
   });
+});
+
+describe("transmission over TLS", () => {
+  const SIZE = 64 << 20;
+  // Sizes around where the server's TLS input switches from its reused buffer
+  // to payload pieces (64 KiB still to come, 256 KiB pieces), and the limit.
+  const lengths = [
+    1,
+    512,
+    4096,
+    65_535,
+    65_536,
+    65_537,
+    262_145,
+    1 << 20,
+    3 * (1 << 20) + 7,
+    32 << 20,
+  ];
+
+  for (const [name, make] of [
+    [
+      "a file (one pwritev per payload)",
+      async (dir: string) => FileBackend.open(join(dir, "disk.img"), { createSize: SIZE }),
+    ],
+    ["memory", () => Promise.resolve(new MemoryBackend(SIZE))],
+  ] as const) {
+    it(`writes of every size reach ${name} exactly, many in flight, with reading paused between`, async () => {
+      const volume: Backend = await make(await mkdtemp(join(tmpdir(), "peercopy-tls-write-")));
+      const server = new NbdServer({
+        exports: [{ name: "disk", description: "", volume }],
+        tls: await loadServerTls({ mode: "require", psk: pskFile }),
+        // Two requests at a time: the server stops reading while the client keeps sending.
+        limits: { maxInFlight: 2 },
+      });
+      servers.push(server);
+      const l = await server.listen({ kind: "tcp", host: "127.0.0.1", port: 0 });
+      const port = l.endpoint.kind === "tcp" ? l.endpoint.port : 0;
+      const client = await connectUri(
+        `nbds://alice@127.0.0.1:${port}/disk?tls-psk-file=${pskFile}`,
+      );
+      try {
+        for (let round = 0; round < 2; round++) {
+          let at = 0;
+          const writes = lengths.map((n) => {
+            const w = { offset: at, data: randomBytes(n) };
+            at += Math.ceil(n / 4096) * 4096;
+            return w;
+          });
+          await Promise.all(writes.map((w) => client.write(w.data, w.offset)));
+          for (const w of writes) {
+            const back = Buffer.alloc(w.data.length);
+            await client.read(back, w.offset);
+            expect(back.equals(w.data), `${w.data.length} bytes at ${w.offset}`).toBe(true);
+          }
+        }
+      } finally {
+        await client.close();
+      }
+    });
+  }
 });
 
 describe("psktool files", () => {
