@@ -19,9 +19,6 @@ import { LinkEmulator } from "../faults/link.js";
 import { DiskFaultFilter, parseDiskChange, type DiskFaults } from "../faults/disk.js";
 import { parseLinkChange, type LinkChange } from "../faults/settings.js";
 
-/** Largest write the primary does on the event loop: a default track. */
-const PRIMARY_INLINE_MAX = 64 * 1024;
-
 export interface PrimaryOptions {
   volume: VolumeSpec;
   listen: Endpoint;
@@ -75,13 +72,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
       : new LinkEmulator(options.mirror.remote, logger);
   if (emulator !== undefined && options.linkEmulation !== undefined)
     emulator.apply(options.linkEmulation);
-  const trackSize = options.mirror.trackSize ?? DEFAULT_TRACK_SIZE;
-  // The host stage writes a task track by track: a track's write on the event loop
-  // (up to 64 KiB by default) costs less than a thread-pool round trip for each.
-  const volume = await openVolume({
-    inlineMax: Math.min(trackSize, PRIMARY_INLINE_MAX),
-    ...options.volume,
-  });
+  const volume = await openVolume(options.volume);
   for (const w of volume.warnings) logger.warn(w);
   const disk = options.diskFaults === undefined ? undefined : new DiskFaultFilter(volume.backend);
   if (disk !== undefined && options.diskFaults !== undefined) {
@@ -89,6 +80,7 @@ export async function startPrimary(options: PrimaryOptions): Promise<RunningPrim
     logger.info(settings, "disk fault filter");
   }
   const local = disk ?? volume.backend;
+  const trackSize = options.mirror.trackSize ?? DEFAULT_TRACK_SIZE;
   const side = await openSide(
     options.metadata,
     options.volume,
