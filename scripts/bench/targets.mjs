@@ -31,6 +31,9 @@ export function targetRows(summary, runs, config) {
   };
   ratio(SEQ_1M, "peercopy", "nbdkit", "mibps", 0.95);
   ratio(RAND_4K_QD1, "peercopy", "nbdkit", "iops", 0.95);
+  // With the same TLS (scripts/bench/tls-servers.mjs).
+  ratio(RAND_4K, "peercopy-tls", "nbdkit-tls", "iops", 0.95);
+  ratio(SEQ_1M, "peercopy-tls", "nbdkit-tls", "mibps", 0.95);
   ratio(RAND_4K, "peercopy-sync", "qsd-mirror-sync", "iops", 2);
   ratio(SEQ_1M, "peercopy-sync", "qsd-mirror-sync", "mibps", 2);
   // "≥ 2× in every run": the worst repetition, each run against the same repetition's.
