@@ -6,10 +6,9 @@
 // after fio, afterRun reads how far the copy lags and waits until it has caught up,
 // so that no run starts while a previous run's backlog is still draining.
 /* global AbortSignal -- Node.js 20 has it; the shared lint config lists a few globals only */
-import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
+import { buildProblem, peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
 import { sleep } from "./proc.mjs";
 import { qmpConnect } from "./qmp.mjs";
 
@@ -51,10 +50,7 @@ function peercopyPair({ name, mode, secondary, maxLag }) {
     description: `peercopy primary --mode ${mode}${maxLag === undefined ? "" : ` --max-lag ${maxLag}`} mirroring to ${target}`,
     images: ["primary", "secondary"],
     tools: secondary === "nbdkit" ? ["nbdkit"] : [],
-    check: ({ repoRoot }) =>
-      existsSync(peercopyMain(repoRoot))
-        ? undefined
-        : `${peercopyMain(repoRoot)} is missing: run \`npm run build\` first`,
+    check: ({ repoRoot }) => buildProblem(repoRoot),
     async start(env) {
       const main = peercopyMain(env.repoRoot);
       const [hostPort, remotePort, adminPort] = [

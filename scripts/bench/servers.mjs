@@ -11,8 +11,7 @@
 // Entries are compared within a `group`: the entry with role "subject" is divided
 // by each entry with role "reference" in the same group (peercopy ÷ nbdkit, …).
 // Mirrors have role "mirror" and are compared as MIRROR_COMPARISONS lists.
-import { existsSync } from "node:fs";
-import { peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
+import { buildProblem, peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { MIRROR_COMPARISONS, MIRROR_SERVERS } from "./mirror-servers.mjs";
@@ -56,7 +55,6 @@ import { TLS_SERVERS } from "./tls-servers.mjs";
 
 const START_TIMEOUT_MS = 15_000;
 
-/** @param {string} repoRoot */
 export { peercopyMain };
 
 /** @type {ServerDef[]} */
@@ -68,10 +66,7 @@ const PLAIN_SERVERS = [
     description: "peercopy serve (this repository's build)",
     images: ["disk"],
     tools: [],
-    check: ({ repoRoot }) =>
-      existsSync(peercopyMain(repoRoot))
-        ? undefined
-        : `${peercopyMain(repoRoot)} is missing: run \`npm run build\` first`,
+    check: ({ repoRoot }) => buildProblem(repoRoot),
     async start(env) {
       const port = await env.freePort();
       const proc = env.spawn(

@@ -6,11 +6,10 @@
 // for root is the system's /etc/pki/libnbd. Checking the certificate is a cost
 // of the handshake only, the same for both servers; the records are encrypted
 // all the same.
-import { existsSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { runSync } from "./proc.mjs";
-import { peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
+import { buildProblem, peercopyArgs, peercopyMain } from "./peercopy-cli.mjs";
 
 const START_TIMEOUT_MS = 15_000;
 
@@ -76,10 +75,7 @@ export const TLS_SERVERS = [
     description: "peercopy serve --tls require, X.509 (ECDSA P-256)",
     images: ["disk"],
     tools: ["certtool"],
-    check: ({ repoRoot }) =>
-      existsSync(peercopyMain(repoRoot))
-        ? undefined
-        : `${peercopyMain(repoRoot)} is missing: run \`npm run build\` first`,
+    check: ({ repoRoot }) => buildProblem(repoRoot),
     async start(env) {
       const creds = await pki(env.workDir);
       const port = await env.freePort();
