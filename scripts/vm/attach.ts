@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ensureGuest } from "./guest.js";
-import { count, qemuArgs } from "./experiment.js";
+import { count, logLine, qemuArgs, runCommand } from "./experiment.js";
 import { Controller, Qemu, type GuestLine } from "./processes.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -301,47 +301,31 @@ const USAGE =
   "usage: scripts/vm-experiment --attach [--per N] [--cache DIR] [--timeout SECONDS] [--json]\n";
 
 /** `scripts/vm-experiment --attach …` (run.ts sends it here). */
-export async function main(argv: string[]): Promise<number> {
-  let options: AttachOptions;
-  let json = false;
-  try {
-    const { values } = parseArgs({
-      args: argv,
-      options: {
-        attach: { type: "boolean" },
-        per: { type: "string", default: "8" },
-        cache: { type: "string" },
-        timeout: { type: "string", default: "300" },
-        json: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-    if (values.help === true) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
-    json = values.json === true;
-    options = {
-      per: count(values.per, "per", 1000),
-      timeoutMs: count(values.timeout, "timeout", 86_400) * 1000,
-      log: (line) => process.stderr.write(`vm-experiment: ${line}\n`),
-      ...(values.cache === undefined ? {} : { cacheDir: values.cache }),
-    };
-  } catch (err) {
-    process.stderr.write(
-      `vm-experiment: ${err instanceof Error ? err.message : String(err)}\n${USAGE}`,
-    );
-    return 2;
-  }
-  let result: AttachResult;
-  try {
-    result = await runAttachExperiment(options);
-  } catch (err) {
-    process.stderr.write(
-      `vm-experiment: FAILED: ${err instanceof Error ? err.message : String(err)}\n`,
-    );
-    return 1;
-  }
-  process.stdout.write(json ? `${JSON.stringify(result)}\n` : describeAttach(result, options.per));
-  return result.ok ? 0 : 1;
+export function main(argv: string[]): Promise<number> {
+  return runCommand(
+    USAGE,
+    () => {
+      const { values } = parseArgs({
+        args: argv,
+        options: {
+          attach: { type: "boolean" },
+          per: { type: "string", default: "8" },
+          cache: { type: "string" },
+          timeout: { type: "string", default: "300" },
+          json: { type: "boolean" },
+          help: { type: "boolean", short: "h" },
+        },
+      });
+      if (values.help === true) return undefined;
+      const options: AttachOptions = {
+        per: count(values.per, "per", 1000),
+        timeoutMs: count(values.timeout, "timeout", 86_400) * 1000,
+        log: logLine,
+        ...(values.cache === undefined ? {} : { cacheDir: values.cache }),
+      };
+      return { options, json: values.json === true };
+    },
+    runAttachExperiment,
+    (result, options) => describeAttach(result, options.per),
+  );
 }

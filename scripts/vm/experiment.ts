@@ -395,49 +395,35 @@ export function count(value: string, name: string, max: number): number {
   return n;
 }
 
-export async function main(argv: string[]): Promise<number> {
-  let options: ExperimentOptions;
-  let json = false;
+/**
+ * The frame of a `scripts/vm-experiment` command: `parse` reads the options
+ * (undefined for --help; a throw is a usage error, exit 2), `run` runs the
+ * experiment (a throw is a failure, exit 1), and the report goes to stdout as
+ * text or JSON; exit 0 only if every check held.
+ */
+export async function runCommand<O, R extends { ok: boolean }>(
+  usage: string,
+  parse: () => { options: O; json: boolean } | undefined,
+  run: (options: O) => Promise<R>,
+  describe: (result: R, options: O) => string,
+): Promise<number> {
+  let parsed: { options: O; json: boolean } | undefined;
   try {
-    const { values } = parseArgs({
-      args: argv,
-      options: {
-        variant: { type: "string", default: "both" },
-        batches: { type: "string", default: "4" },
-        per: { type: "string", default: "8" },
-        "no-failback": { type: "boolean" },
-        cache: { type: "string" },
-        timeout: { type: "string", default: "600" },
-        json: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-    if (values.help === true) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
-    const variant = values.variant;
-    if (variant !== "nbd" && variant !== "virtio" && variant !== "both")
-      throw new Error(`--variant: "${variant}" is not one of nbd, virtio, both`);
-    json = values.json === true;
-    options = {
-      variants: variant === "both" ? ["nbd", "virtio"] : [variant],
-      batches: count(values.batches, "batches", 1000),
-      per: count(values.per, "per", 1000),
-      failback: values["no-failback"] !== true,
-      timeoutMs: count(values.timeout, "timeout", 86_400) * 1000,
-      log: (line) => process.stderr.write(`vm-experiment: ${line}\n`),
-      ...(values.cache === undefined ? {} : { cacheDir: values.cache }),
-    };
+    parsed = parse();
   } catch (err) {
     process.stderr.write(
-      `vm-experiment: ${err instanceof Error ? err.message : String(err)}\n${USAGE}`,
+      `vm-experiment: ${err instanceof Error ? err.message : String(err)}\n${usage}`,
     );
     return 2;
   }
-  let result: ExperimentResult;
+  if (parsed === undefined) {
+    process.stdout.write(usage);
+    return 0;
+  }
+  const { options, json } = parsed;
+  let result: R;
   try {
-    result = await runExperiment(options);
+    result = await run(options);
   } catch (err) {
     // A guest or controller that failed or timed out: its own message and output tail.
     process.stderr.write(
@@ -445,6 +431,47 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 1;
   }
-  process.stdout.write(json ? `${JSON.stringify(result)}\n` : describeResult(result));
+  process.stdout.write(json ? `${JSON.stringify(result)}\n` : describe(result, options));
   return result.ok ? 0 : 1;
+}
+
+/** The line-by-line progress every command writes to stderr. */
+export const logLine = (line: string): void =>
+  void process.stderr.write(`vm-experiment: ${line}\n`);
+
+export function main(argv: string[]): Promise<number> {
+  return runCommand(
+    USAGE,
+    () => {
+      const { values } = parseArgs({
+        args: argv,
+        options: {
+          variant: { type: "string", default: "both" },
+          batches: { type: "string", default: "4" },
+          per: { type: "string", default: "8" },
+          "no-failback": { type: "boolean" },
+          cache: { type: "string" },
+          timeout: { type: "string", default: "600" },
+          json: { type: "boolean" },
+          help: { type: "boolean", short: "h" },
+        },
+      });
+      if (values.help === true) return undefined;
+      const variant = values.variant;
+      if (variant !== "nbd" && variant !== "virtio" && variant !== "both")
+        throw new Error(`--variant: "${variant}" is not one of nbd, virtio, both`);
+      const options: ExperimentOptions = {
+        variants: variant === "both" ? ["nbd", "virtio"] : [variant],
+        batches: count(values.batches, "batches", 1000),
+        per: count(values.per, "per", 1000),
+        failback: values["no-failback"] !== true,
+        timeoutMs: count(values.timeout, "timeout", 86_400) * 1000,
+        log: logLine,
+        ...(values.cache === undefined ? {} : { cacheDir: values.cache }),
+      };
+      return { options, json: values.json === true };
+    },
+    runExperiment,
+    describeResult,
+  );
 }
