@@ -159,15 +159,10 @@ export class MirrorFilter extends Filter {
     return this.submit({ kind: "write", offset, data, flags }, undefined);
   }
 
-  /** A payload that arrived in pieces: gathered into pooled memory while mirroring. */
+  /** A payload that arrived in pieces: gathered into pooled memory, given back once written everywhere. */
   writev(parts: readonly Buffer[], offset: number, flags: number): Promise<void> {
     let length = 0;
     for (const part of parts) length += part.length;
-    if (!this.mirroring || this.demoted)
-      return this.submit(
-        { kind: "write", offset, data: Buffer.concat(parts, length), flags },
-        undefined,
-      );
     const pooled = this.payloads.gather(parts, length);
     return this.submit({ kind: "write", offset, data: pooled.subarray(0, length), flags }, pooled);
   }
@@ -253,11 +248,11 @@ export class MirrorFilter extends Filter {
   // --- the host stage ---
 
   private async submit(request: TaskRequest, pooled: Buffer | undefined): Promise<void> {
-    if (this.demoted || !this.mirroring) {
-      if (pooled !== undefined) this.payloads.release(pooled);
-      if (this.demoted) throw demotedError();
-      return this.unmirroredWithIntent(request);
-    }
+    if (this.demoted || !this.mirroring)
+      return this.releasedAfter(
+        this.demoted ? Promise.reject(demotedError()) : this.unmirroredWithIntent(request),
+        pooled,
+      );
     const length = request.kind === "write" ? request.data.length : request.length;
     const gate = this.lag.admit(length);
     if (gate !== undefined) await gate;
@@ -271,8 +266,7 @@ export class MirrorFilter extends Filter {
     if (!this.mirroring) {
       this.side.endWrite(task.firstSeq, task.count);
       this.lag.release(length);
-      if (pooled === undefined) return this.unmirrored(request);
-      return this.unmirrored(request).finally(() => this.payloads.release(pooled));
+      return this.releasedAfter(this.unmirrored(request), pooled);
     }
     return new Promise<void>((resolve, reject) => {
       const run = new TaskRun(task, this.hostAckCounter, resolve, reject, false);
@@ -350,6 +344,12 @@ export class MirrorFilter extends Filter {
       this.abandonRun(run);
     }
     if (run.localLeft === 0) this.localComplete(run);
+  }
+
+  /** A write that does not go to the secondary: its pooled payload goes back once it settled. */
+  private releasedAfter(done: Promise<void>, pooled: Buffer | undefined): Promise<void> {
+    if (pooled === undefined) return done;
+    return done.finally(() => this.payloads.release(pooled));
   }
 
   /** The payload's pooled memory goes back once the local volume and the link are done with it. */
