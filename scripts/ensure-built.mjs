@@ -2,8 +2,9 @@
 // dependencies (which builds dist/ and the native addon); later it rebuilds
 // dist/ only when a source file is newer than the build.
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import path from "node:path";
+import { newestSource } from "./sources.mjs";
 
 const root = path.resolve(import.meta.dirname, "..");
 const run = (args) => execFileSync("npm", args, { cwd: root, stdio: "inherit" });
@@ -13,18 +14,8 @@ if (!existsSync(path.join(root, "node_modules"))) {
   run(["ci", "--no-audit", "--no-fund"]);
 }
 
-function newest(dir) {
-  let latest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name);
-    if (entry.isDirectory()) latest = Math.max(latest, newest(p));
-    else if (entry.name.endsWith(".ts")) latest = Math.max(latest, statSync(p).mtimeMs);
-  }
-  return latest;
-}
-
 const built = path.join(root, "dist/src/cli/main.js");
-const sources = Math.max(newest(path.join(root, "src")), newest(path.join(root, "nbd")));
+const sources = newestSource(root);
 if (!existsSync(built) || statSync(built).mtimeMs < sources) run(["run", "build"]);
 if (!existsSync(path.join(root, "native/build/Release/fileops.node"))) {
   try {

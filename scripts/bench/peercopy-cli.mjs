@@ -1,8 +1,9 @@
 // How the benchmarks start peercopy: as its command does, with the node flags the
 // first line of the CLI gives (`#!/usr/bin/env -S node FLAGS`), so a benchmark
 // measures what `peercopy …` runs.
-import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { newestSource } from "../sources.mjs";
 
 /** @param {string} repoRoot */
 export function peercopyMain(repoRoot) {
@@ -27,20 +28,6 @@ function shebangFlags(main) {
     cache.set(main, m?.groups?.flags?.trim().split(/ +/).filter(Boolean) ?? []);
   }
   return cache.get(main);
-}
-
-/** When a TypeScript source of the CLI last changed (ms since the epoch). */
-export function newestSource(repoRoot) {
-  const newest = (dir) => {
-    let latest = 0;
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      const p = join(dir, entry.name);
-      if (entry.isDirectory()) latest = Math.max(latest, newest(p));
-      else if (entry.name.endsWith(".ts")) latest = Math.max(latest, statSync(p).mtimeMs);
-    }
-    return latest;
-  };
-  return Math.max(newest(join(repoRoot, "src")), newest(join(repoRoot, "nbd")));
 }
 
 /** Why the build cannot be benchmarked as the sources are (missing or older), if it cannot. */
