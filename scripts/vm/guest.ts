@@ -30,6 +30,21 @@ import {
 import { basename, dirname, join, relative } from "node:path";
 import { promisify } from "node:util";
 
+/** What building and booting the guest takes on the host (a test's requireTools list). */
+export const GUEST_TOOLS = [
+  "qemu-system-x86_64",
+  "busybox",
+  "nbd-client",
+  "mke2fs",
+  "e2fsck",
+  "apt-get",
+  "apt-cache",
+  "dpkg-deb",
+  "depmod",
+  "xz",
+  "ldd",
+] as const;
+
 const exec = promisify(execFile);
 
 // Loaded in this order by the guest's init; each one's dependencies are found

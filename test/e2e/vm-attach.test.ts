@@ -7,22 +7,10 @@
 // back: e2fsck -fn clean and every file, through debugfs, as the guest wrote it.
 import { describe, expect, it } from "vitest";
 import { attachProblems, describeAttach, runAttachExperiment } from "../../scripts/vm/attach.js";
+import { GUEST_TOOLS } from "../../scripts/vm/guest.js";
 import { requireTools } from "../helpers/tools.js";
 
-const ready = requireTools(
-  "qemu-system-x86_64",
-  "busybox",
-  "nbd-client",
-  "mke2fs",
-  "e2fsck",
-  "debugfs",
-  "apt-get",
-  "apt-cache",
-  "dpkg-deb",
-  "depmod",
-  "xz",
-  "ldd",
-);
+const ready = requireTools(...GUEST_TOOLS, "debugfs");
 
 const PER = 8;
 // About 30 s with the guest cached; the first run downloads the kernel package too.

@@ -6,22 +6,10 @@
 // promoted side, incrementally, and the images end identical.
 import { describe, expect, it } from "vitest";
 import { describeResult, runExperiment } from "../../scripts/vm/experiment.js";
+import { GUEST_TOOLS } from "../../scripts/vm/guest.js";
 import { requireTools } from "../helpers/tools.js";
 
-const ready = requireTools(
-  "qemu-system-x86_64",
-  "busybox",
-  "nbd-client",
-  "mke2fs",
-  "e2fsck",
-  "apt-get",
-  "apt-cache",
-  "dpkg-deb",
-  "depmod",
-  "xz",
-  "ldd",
-  "cmp",
-);
+const ready = requireTools(...GUEST_TOOLS, "cmp");
 
 const BATCHES = 4;
 const PER = 8;
