@@ -5,7 +5,15 @@
 //
 // A missing server skips the tests that need it on a developer machine, loudly,
 // and fails them under CI (CI=true), where .ci/run installs everything.
-import { accessSync, appendFileSync, constants } from "node:fs";
+import {
+  accessSync,
+  appendFileSync,
+  constants,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+} from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join, relative } from "node:path";
@@ -48,14 +56,83 @@ export function requirePeer(name: string): boolean {
   return false;
 }
 
-/** A port on 127.0.0.1 that was free a moment ago (bind races are retried by startPeer). */
+/** The ports the kernel hands out to port-0 binds and to outgoing connections. */
+function ephemeralPorts(): { low: number; high: number } {
+  try {
+    const [low, high] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8")
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    if (low !== undefined && high !== undefined && low > 0 && high >= low) return { low, high };
+  } catch {
+    // not Linux: the usual default
+  }
+  return { low: 32768, high: 60999 };
+}
+
+/** Chosen ports start here: above the well-known and registered ports most daemons use. */
+const CHOSEN_PORTS_FROM = 12_000;
+
+/**
+ * A port on 127.0.0.1 that was free a moment ago, chosen at random below the
+ * ephemeral range: no concurrent test's port-0 listener or outgoing connection can
+ * be given it before the server binds it. Two callers picking the same port is left
+ * to spawnPeer, which checks the spawned server is the one that listens.
+ */
 export async function freePort(): Promise<number> {
+  const { low } = ephemeralPorts();
+  const span = low - CHOSEN_PORTS_FROM;
+  for (let attempt = 0; span > 0 && attempt < 64; attempt++) {
+    const port = CHOSEN_PORTS_FROM + Math.floor(Math.random() * span);
+    try {
+      const listener = await listen({ kind: "tcp", host: "127.0.0.1", port }, (stream) => {
+        stream.destroy();
+      });
+      await listener.close();
+      return port;
+    } catch {
+      // taken: try another
+    }
+  }
   const listener = await listen({ kind: "tcp", host: "127.0.0.1", port: 0 }, (stream) => {
     stream.destroy();
   });
   await listener.close();
   if (listener.endpoint.kind !== "tcp") throw new Error("expected a TCP listener");
   return listener.endpoint.port;
+}
+
+/**
+ * Whether process `pid` holds the listening socket on 127.0.0.1:`port` (Linux /proc;
+ * true where that cannot be read). Connecting alone cannot tell the server just
+ * spawned from another test's listener that took the port first.
+ */
+export function listensOn(pid: number, port: number): boolean {
+  let table: string;
+  let fds: string[];
+  try {
+    table = readFileSync("/proc/net/tcp", "utf8");
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return !existsSync("/proc/net/tcp");
+  }
+  const wanted = new Set<string>();
+  for (const line of table.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    const local = f[1];
+    if (local === undefined || f[3] !== "0A" || f[9] === undefined) continue;
+    if (Number.parseInt(local.slice(local.indexOf(":") + 1), 16) === port) {
+      wanted.add(`socket:[${f[9]}]`);
+    }
+  }
+  for (const fd of fds) {
+    try {
+      if (wanted.has(readlinkSync(`/proc/${pid}/fd/${fd}`))) return true;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return false;
 }
 
 const tempDirs = new Set<string>();
@@ -144,7 +221,10 @@ export async function spawnPeer(
   };
   peers.add(peer);
   const deadline = Date.now() + timeoutMs;
-  while (!(await canConnect(endpoint))) {
+  // Ready when it accepts connections and the listener is its own: a server that
+  // lost the port to someone else exits, and withPortRetry tries another.
+  const ours = (): boolean => endpoint.kind !== "tcp" || listensOn(pid, endpoint.port);
+  while (!((await canConnect(endpoint)) && ours())) {
     if (exited || Date.now() > deadline) {
       await peer.stop();
       const why = exited ? "exited" : `was not ready after ${timeoutMs} ms`;
