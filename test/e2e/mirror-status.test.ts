@@ -55,14 +55,22 @@ describe.skipIf(!ready)("primary admin API: status, metrics, suspend and resume"
 
   it("GET /status: typed, plausible figures after a multi-track workload", async () => {
     const { p } = pair();
-    // 1 MiB writes cover 16 tracks each; their local writes finish in any order.
-    const load = await fio(
-      p.uri,
-      ["--name=seq", "--rw=write", "--bs=1M", "--iodepth=8", "--size=32M", "--offset=0"],
-      dir,
-    );
-    expect(load.result.exitCode, describeRun(load.result)).toBe(0);
-    expect(load.jobs[0]?.error).toBe(0);
+    // 1 MiB writes cover 16 tracks each; their local writes finish in any order, which
+    // the sequencer counts. How often that happens is up to the thread pool's timing, so
+    // a loaded machine gets a few more rounds (over the same 32 MiB) to show one.
+    let rounds = 0;
+    let outOfOrder = 0;
+    while (rounds < 5 && (rounds === 0 || outOfOrder === 0)) {
+      rounds++;
+      const load = await fio(
+        p.uri,
+        ["--name=seq", "--rw=write", "--bs=1M", "--iodepth=8", "--size=32M", "--offset=0"],
+        dir,
+      );
+      expect(load.result.exitCode, describeRun(load.result)).toBe(0);
+      expect(load.jobs[0]?.error).toBe(0);
+      outOfOrder = (await p.status()).sequencer.subtasksOutOfOrder;
+    }
 
     const reply = await p.admin("GET", "/status");
     expect(reply.status).toBe(200);
@@ -100,9 +108,12 @@ describe.skipIf(!ready)("primary admin API: status, metrics, suspend and resume"
       link: { state: "up", errors: 0 },
       sequencer: { subtasksQueued: 0 },
     });
-    expect(s.sequencer.subtasksOutOfOrder, "no out-of-order arrival seen").toBeGreaterThan(0);
-    // The initial copy (4096 tracks) and 32 MiB of host writes (512 tracks).
-    expect(s.sequencer.subtasksDispatched).toBeGreaterThanOrEqual(4096 + 512);
+    expect(
+      s.sequencer.subtasksOutOfOrder,
+      `no out-of-order arrival in ${rounds} rounds`,
+    ).toBeGreaterThan(0);
+    // The initial copy (4096 tracks) and 32 MiB of host writes (512 tracks) a round.
+    expect(s.sequencer.subtasksDispatched).toBeGreaterThanOrEqual(4096 + 512 * rounds);
     expect(s.link.sentRequests).toBeGreaterThanOrEqual(s.sequencer.subtasksDispatched);
   });
 
