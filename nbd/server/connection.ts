@@ -1,6 +1,7 @@
 // One client connection: negotiation, then transmission. Requests are
 // validated once here, run concurrently against the volume, and answered as
 // they complete (spec "Transmission", "Ordering of messages and writes").
+import net from "node:net";
 import type { Duplex } from "node:stream";
 import {
   NBD_CMD_BLOCK_STATUS,
@@ -40,15 +41,9 @@ import {
 } from "../codec/server-replies.js";
 import { Negotiation, type NegotiationHost, type SelectedContext } from "./negotiate.js";
 import type { ServedExport } from "./exports.js";
-import { TlsInput } from "./tls-input.js";
-import {
-  describePeer,
-  readPlaintextInto,
-  upgradeServer,
-  type ServerTls,
-  type TlsMode,
-  type TlsPeer,
-} from "../tls.js";
+import { SocketInput } from "./socket-input.js";
+import { readInto } from "../read-into.js";
+import { describePeer, upgradeServer, type ServerTls, type TlsMode, type TlsPeer } from "../tls.js";
 
 export interface ConnectionLimits {
   /** Requests in flight before the connection stops reading. */
@@ -135,8 +130,10 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private finished = false;
   private drainWaiters: (() => void)[] = [];
   private stream: Duplex;
-  /** Where TLS plaintext is read to (null without TLS, or reading through 'data'). */
-  private tlsInput: TlsInput | null = null;
+  /** Where input is read to once it has its own buffers (null while reading through 'data'). */
+  private input: SocketInput | null = null;
+  /** Reading into own buffers was set up or found impossible for this stream. */
+  private inputChosen = false;
   /** Who the TLS session authenticated; null without TLS. */
   tlsPeer: TlsPeer | null = null;
 
@@ -168,7 +165,23 @@ export class Connection implements ServerParserSink, NegotiationHost {
     stream.off("end", this.onEnd);
   }
 
-  private readonly onData = (chunk: Buffer): void => this.parser.push(chunk);
+  private readonly onData = (chunk: Buffer): void => {
+    this.parser.push(chunk);
+    // Once in transmission (no STARTTLS can follow), read into own buffers.
+    if (this.transmission && !this.inputChosen && !this.finished) this.readIntoOwnBuffers();
+  };
+
+  private readIntoOwnBuffers(): void {
+    this.inputChosen = true;
+    const stream = this.stream;
+    if (!(stream instanceof net.Socket)) return;
+    const input = new SocketInput(this.parser);
+    const arrived = readInto(stream, input);
+    if (arrived === null) return;
+    stream.off("data", this.onData);
+    this.input = input;
+    for (const chunk of arrived) this.parser.push(chunk);
+  }
   private readonly onDrain = (): void => {
     this.writeBlocked = false;
     if (this.blockedBytes > 0) {
@@ -293,10 +306,11 @@ export class Connection implements ServerParserSink, NegotiationHost {
         this.stream = socket;
         this.tlsPeer = peer;
         this.parser.resumeOptions();
-        const input = new TlsInput(this.parser);
-        const arrived = readPlaintextInto(socket, input);
+        const input = new SocketInput(this.parser);
+        const arrived = readInto(socket, input);
         this.attach(socket, arrived === null);
-        if (arrived !== null) this.tlsInput = input;
+        this.inputChosen = true;
+        if (arrived !== null) this.input = input;
         this.owner.logger.debug(
           {
             peer: this.peer,
@@ -503,7 +517,7 @@ export class Connection implements ServerParserSink, NegotiationHost {
   }
 
   private done(req: NbdRequest): void {
-    this.tlsInput?.release(req);
+    this.input?.release(req);
     this.inFlight--;
     const bytes = heldBytes(req);
     if (bytes > 0) {

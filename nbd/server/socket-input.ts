@@ -1,15 +1,16 @@
-// Where a TLS connection's plaintext is decrypted to (readPlaintextInto):
-// requests, options and small payloads into one input buffer that is reused
-// after every record, the parser copying what it keeps of it; the bulk of a
-// large WRITE payload straight into pieces of its own, reused once the request
-// is done. Without this, every 16 KiB record is a fresh buffer, and large
+// Where a connection's input is read to (readInto): requests, options and
+// small payloads into one input buffer that is reused after every read, the
+// parser copying what it keeps of it; the bulk of a large WRITE payload
+// straight into pieces of its own, reused once the request is done. Without
+// this, every read (every 16 KiB record on TLS) is a fresh buffer, and large
 // writes allocate their size again and again: memory that lives until the
 // write is on the volume, is promoted out of V8's young generation and makes
-// full garbage collections frequent.
+// full garbage collections frequent. On a plain socket a piece is also one
+// read of up to its size, where 'data' reads 64 KiB at a time.
 import type { NbdRequest, ServerParser } from "../codec/server-parser.js";
-import type { PlaintextTarget } from "../tls.js";
+import type { ReadTarget } from "../read-into.js";
 
-/** Reused for everything but the pieces; a TLS record holds at most 16 KiB. */
+/** Reused for everything but the pieces (a TLS record holds at most 16 KiB). */
 const INPUT_SIZE = 64 * 1024;
 /** A payload piece; one at a time is filled ahead of the bytes arriving. */
 export const PIECE_SIZE = 256 * 1024;
@@ -18,7 +19,7 @@ const PIECE_MIN = 64 * 1024;
 /** Pieces kept for reuse; more go to the garbage collector. */
 const FREE_MAX = 32;
 
-export class TlsInput implements PlaintextTarget {
+export class SocketInput implements ReadTarget {
   private readonly input = Buffer.allocUnsafe(INPUT_SIZE);
   /** The piece being filled, up to pieceEnd (never past the payload's end). */
   private piece: Buffer | null = null;

@@ -1,8 +1,8 @@
-// TLS plaintext read into buffers the server chooses (nbd/server/tls-input.ts,
-// readPlaintextInto in nbd/tls.ts): the reused input buffer never shows
-// through in what the parser keeps, large payloads land in pieces that are
-// reused only once their request is done, and Node still has what
-// readPlaintextInto relies on.
+// Input read into buffers the server chooses (nbd/server/socket-input.ts,
+// readInto in nbd/read-into.ts), on TLS and plain sockets: the reused input
+// buffer never shows through in what the parser keeps, large payloads land in
+// pieces that are reused only once their request is done, and Node still has
+// what readInto relies on.
 import { once } from "node:events";
 import { randomBytes } from "node:crypto";
 import { PassThrough, type Duplex } from "node:stream";
@@ -16,8 +16,9 @@ import {
   type ServerParserSink,
 } from "../../nbd/codec/server-parser.js";
 import type { NbdProtocolError } from "../../nbd/errors.js";
-import { PIECE_SIZE, TlsInput } from "../../nbd/server/tls-input.js";
-import { PSK_CIPHERS, readPlaintextInto, type PlaintextTarget } from "../../nbd/tls.js";
+import { PIECE_SIZE, SocketInput } from "../../nbd/server/socket-input.js";
+import { readInto, type ReadTarget } from "../../nbd/read-into.js";
+import { PSK_CIPHERS } from "../../nbd/tls.js";
 import { request } from "../helpers/nbd-fixtures.js";
 
 class Sink implements ServerParserSink {
@@ -47,7 +48,7 @@ function payloadOf(r: NbdRequest): Buffer {
 }
 
 /** Deliver `bytes` the way Node's TLS layer does: records of `record` bytes, each copied into next(). */
-function feed(target: PlaintextTarget, bytes: Buffer, record: number): void {
+function feed(target: ReadTarget, bytes: Buffer, record: number): void {
   for (let at = 0; at < bytes.length; at += record) {
     let rec = bytes.subarray(at, Math.min(at + record, bytes.length));
     while (rec.length > 0) {
@@ -85,7 +86,7 @@ describe("ServerParser.push with a transient chunk", () => {
   });
 });
 
-describe("TlsInput", () => {
+describe("SocketInput", () => {
   const sizes = [
     1,
     4096,
@@ -97,10 +98,10 @@ describe("TlsInput", () => {
     3 * (1 << 20) + 5,
   ];
 
-  for (const record of [16 * 1024, 1000, 16 * 1024 + 29]) {
+  for (const record of [16 * 1024, 1000, 16 * 1024 + 29, 64 * 1024]) {
     it(`hands out every payload exactly, records of ${record} bytes`, () => {
       const { parser, sink } = transmission();
-      const input = new TlsInput(parser);
+      const input = new SocketInput(parser);
       const payloads = sizes.map((n) => randomBytes(n));
       const wire = Buffer.concat(payloads.map((p, i) => write(i + 1, i * (4 << 20), p)));
       feed(input, wire, record);
@@ -117,7 +118,7 @@ describe("TlsInput", () => {
 
   it("reuses a piece only after its request is released", () => {
     const { parser, sink } = transmission();
-    const input = new TlsInput(parser);
+    const input = new SocketInput(parser);
     const pieces = (r: NbdRequest): Set<ArrayBufferLike> =>
       new Set(
         (r.parts as Buffer[])
@@ -151,7 +152,7 @@ describe("TlsInput", () => {
   });
 });
 
-describe("readPlaintextInto", () => {
+describe("readInto", () => {
   const open: Duplex[] = [];
   afterEach(() => {
     for (const s of open.splice(0)) s.destroy();
@@ -201,7 +202,7 @@ describe("readPlaintextInto", () => {
     // Let "early" arrive before the switch: it must come back first.
     await new Promise((r) => setTimeout(r, 20));
     const ended = once(socket, "end");
-    const result = readPlaintextInto(socket, {
+    const result = readInto(socket, {
       next() {
         if (target === undefined || target.used === target.buf.length)
           target = { buf: Buffer.alloc(5000 + Math.floor(Math.random() * 20_000)), used: 0 };
@@ -223,9 +224,67 @@ describe("readPlaintextInto", () => {
     expect(all.subarray(5).equals(data)).toBe(true);
   });
 
+  it("switches a flowing plain socket over inside a 'data' event, losing and reordering nothing", async () => {
+    const data = randomBytes(5 * (1 << 20) + 17);
+    const viaData: Buffer[] = [];
+    const arrived: Buffer[] = [];
+    const received: Buffer[] = [];
+    let sizes = 0;
+    let target = Buffer.alloc(0);
+    const session = new Promise<net.Socket>((resolve) => {
+      const server = net.createServer((socket) => {
+        server.close();
+        resolve(socket);
+      });
+      server.listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as net.AddressInfo;
+        const client = net.connect(port, "127.0.0.1", () => {
+          void (async () => {
+            for (let at = 0; at < data.length;) {
+              const n = Math.min(1 + Math.floor(Math.random() * 300_000), data.length - at);
+              if (!client.write(data.subarray(at, at + n))) await once(client, "drain");
+              at += n;
+            }
+            client.end();
+          })();
+        });
+        open.push(client);
+      });
+    });
+    const socket = await session;
+    open.push(socket);
+    const ended = once(socket, "end");
+    const onData = (chunk: Buffer): void => {
+      viaData.push(chunk);
+      socket.off("data", onData);
+      const result = readInto(socket, {
+        next() {
+          target = Buffer.alloc(1000 + Math.floor(Math.random() * 300_000));
+          return target;
+        },
+        got(n) {
+          sizes = Math.max(sizes, n);
+          received.push(Buffer.from(target.subarray(0, n)));
+        },
+      });
+      expect(result).not.toBeNull();
+      arrived.push(...(result as Buffer[]));
+      socket.pause();
+      setTimeout(() => socket.resume(), 30);
+    };
+    socket.on("data", onData);
+    await ended;
+    expect(viaData).toHaveLength(1);
+    const all = Buffer.concat([...viaData, ...arrived, ...received]);
+    expect(all.length).toBe(data.length);
+    expect(all.equals(data)).toBe(true);
+    // Reads fill the target's buffers, beyond the 64 KiB a 'data' read takes.
+    expect(sizes).toBeGreaterThan(64 * 1024);
+  });
+
   it("leaves a stream without Node's user-buffer state alone", () => {
     const stream = new PassThrough();
-    const target: PlaintextTarget = { next: () => Buffer.alloc(1), got: () => undefined };
-    expect(readPlaintextInto(stream as unknown as tls.TLSSocket, target)).toBeNull();
+    const target: ReadTarget = { next: () => Buffer.alloc(1), got: () => undefined };
+    expect(readInto(stream as unknown as net.Socket, target)).toBeNull();
   });
 });
