@@ -1,6 +1,7 @@
 // The speed targets peercopy is held to, checked against one run's medians: each
 // row is a ratio of two servers measured in the same run (or a figure of one), the
 // target, and whether it was met. Rows whose servers were not in the run say so.
+import { WORKLOADS } from "./fio.mjs";
 import { fmt } from "./report.mjs";
 
 const SEQ_1M = "seqwrite-1m-qd8";
@@ -125,7 +126,9 @@ function worstRepRatio(runs, workload, subject, reference, key) {
 export function targetTable(rows, workloads) {
   const out = [["workload", "subject", "against", "now", "target", "met?"]];
   for (const r of rows) {
-    const label = workloads.find((w) => w.name === r.workload)?.label ?? r.workload;
+    // A row whose workload was not in this run is still named by its label.
+    const known = (w) => w.name === r.workload;
+    const label = (workloads.find(known) ?? WORKLOADS.find(known))?.label ?? r.workload;
     out.push([
       label,
       r.subject,
