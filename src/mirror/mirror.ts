@@ -6,7 +6,7 @@ import { NBD_CMD_FLAG_FUA, NBD_EIO, NBD_EPERM } from "../../nbd/constants.js";
 import { NbdRequestError } from "../../nbd/errors.js";
 import type { Logger } from "../../nbd/logger.js";
 import { Filter } from "../backend/filter.js";
-import type { Backend } from "../backend/types.js";
+import type { Backend, Capabilities } from "../backend/types.js";
 import { TaskPlanner, type Subtask, type TaskRequest } from "../sequencer/plan.js";
 import { Sequencer } from "../sequencer/sequencer.js";
 import type { NbdClient } from "../../nbd/client/index.js";
@@ -71,6 +71,8 @@ export class MirrorFilter extends Filter {
   discardRemote: boolean;
   /** Host writes are refused (demoted). */
   demoted = false;
+  /** What the host export advertises once demoted: read-only (see capabilities). */
+  private demotedCaps: Capabilities | undefined;
   private diverging: Promise<void> | undefined;
   hostWriteErrors = 0;
   hostReadErrors = 0;
@@ -243,6 +245,15 @@ export class MirrorFilter extends Filter {
         "could not tell the secondary this primary stopped; promoting it will wait for the primary's silence",
       );
     }
+  }
+
+  /**
+   * Demoted, the export says it is read-only: hosts that connect from then on are
+   * told at negotiation (NBD_FLAG_READ_ONLY), and those already connected get EPERM.
+   */
+  override get capabilities(): Capabilities {
+    if (!this.demoted) return this.next.capabilities;
+    return (this.demotedCaps ??= { ...this.next.capabilities, readOnly: true });
   }
 
   // --- the host stage ---

@@ -237,7 +237,15 @@ describe.skipIf(!ready)(
       const refused = await run("qemu-io", ["-f", "raw", current.uri, "-c", "write 0 4k"], {
         timeoutMs: 30_000,
       });
-      expect(refused.stdout + refused.stderr).toMatch(/demoted|not permitted|EPERM/i);
+      // Demoted, the export says it is read-only: qemu will not open it for writing,
+      // and reading it still works.
+      expect(refused.exitCode, describeRun(refused)).not.toBe(0);
+      expect(refused.stdout + refused.stderr).toMatch(/permission denied|read-only/i);
+      const read = await run("qemu-io", ["-f", "raw", "-r", current.uri, "-c", "read 0 4k"], {
+        timeoutMs: 30_000,
+      });
+      expect(read.exitCode, describeRun(read)).toBe(0);
+      expect(read.stdout).toContain("read 4096/4096 bytes");
 
       // No waiting: the demoted primary told the secondary it let go, in sync.
       const promoted = await cli(["promote", "--admin", (onP as Secondary).adminAddress()]);
