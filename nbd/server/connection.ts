@@ -168,19 +168,26 @@ export class Connection implements ServerParserSink, NegotiationHost {
   private readonly onData = (chunk: Buffer): void => {
     this.parser.push(chunk);
     // Once in transmission (no STARTTLS can follow), read into own buffers.
-    if (this.transmission && !this.inputChosen && !this.finished) this.readIntoOwnBuffers();
+    if (this.transmission && !this.inputChosen && !this.finished) {
+      const arrived = this.readIntoOwnBuffers(this.stream);
+      if (arrived === null) return;
+      this.stream.off("data", this.onData);
+      for (const c of arrived) this.parser.push(c);
+    }
   };
 
-  private readIntoOwnBuffers(): void {
+  /**
+   * Read `stream` into the connection's own buffers from now on (readInto); what had
+   * arrived already comes back, to be parsed first. Null where that cannot be done:
+   * 'data' goes on. Either way it is tried once per stream.
+   */
+  private readIntoOwnBuffers(stream: Duplex): Buffer[] | null {
     this.inputChosen = true;
-    const stream = this.stream;
-    if (!(stream instanceof net.Socket)) return;
+    if (!(stream instanceof net.Socket)) return null;
     const input = new SocketInput(this.parser);
     const arrived = readInto(stream, input);
-    if (arrived === null) return;
-    stream.off("data", this.onData);
-    this.input = input;
-    for (const chunk of arrived) this.parser.push(chunk);
+    if (arrived !== null) this.input = input;
+    return arrived;
   }
   private readonly onDrain = (): void => {
     this.writeBlocked = false;
@@ -306,11 +313,8 @@ export class Connection implements ServerParserSink, NegotiationHost {
         this.stream = socket;
         this.tlsPeer = peer;
         this.parser.resumeOptions();
-        const input = new SocketInput(this.parser);
-        const arrived = readInto(socket, input);
+        const arrived = this.readIntoOwnBuffers(socket);
         this.attach(socket, arrived === null);
-        this.inputChosen = true;
-        if (arrived !== null) this.input = input;
         this.owner.logger.debug(
           {
             peer: this.peer,
