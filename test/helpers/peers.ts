@@ -56,22 +56,31 @@ export function requirePeer(name: string): boolean {
   return false;
 }
 
-/** The ports the kernel hands out to port-0 binds and to outgoing connections. */
-function ephemeralPorts(): { low: number; high: number } {
+/** The lowest port the kernel hands out to port-0 binds and to outgoing connections. */
+function ephemeralLow(): number {
   try {
-    const [low, high] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8")
-      .trim()
-      .split(/\s+/)
-      .map(Number);
-    if (low !== undefined && high !== undefined && low > 0 && high >= low) return { low, high };
+    const low = Number(
+      readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0],
+    );
+    if (low > 0) return low;
   } catch {
     // not Linux: the usual default
   }
-  return { low: 32768, high: 60999 };
+  return 32768;
 }
 
 /** Chosen ports start here: above the well-known and registered ports most daemons use. */
 const CHOSEN_PORTS_FROM = 12_000;
+
+/** Bind `port` (0: any) on 127.0.0.1 and let it go again; the port that was bound. */
+async function bindAndRelease(port: number): Promise<number> {
+  const listener = await listen({ kind: "tcp", host: "127.0.0.1", port }, (stream) => {
+    stream.destroy();
+  });
+  await listener.close();
+  if (listener.endpoint.kind !== "tcp") throw new Error("expected a TCP listener");
+  return listener.endpoint.port;
+}
 
 /**
  * A port on 127.0.0.1 that was free a moment ago, chosen at random below the
@@ -80,26 +89,15 @@ const CHOSEN_PORTS_FROM = 12_000;
  * to spawnPeer, which checks the spawned server is the one that listens.
  */
 export async function freePort(): Promise<number> {
-  const { low } = ephemeralPorts();
-  const span = low - CHOSEN_PORTS_FROM;
+  const span = ephemeralLow() - CHOSEN_PORTS_FROM;
   for (let attempt = 0; span > 0 && attempt < 64; attempt++) {
-    const port = CHOSEN_PORTS_FROM + Math.floor(Math.random() * span);
     try {
-      const listener = await listen({ kind: "tcp", host: "127.0.0.1", port }, (stream) => {
-        stream.destroy();
-      });
-      await listener.close();
-      return port;
+      return await bindAndRelease(CHOSEN_PORTS_FROM + Math.floor(Math.random() * span));
     } catch {
       // taken: try another
     }
   }
-  const listener = await listen({ kind: "tcp", host: "127.0.0.1", port: 0 }, (stream) => {
-    stream.destroy();
-  });
-  await listener.close();
-  if (listener.endpoint.kind !== "tcp") throw new Error("expected a TCP listener");
-  return listener.endpoint.port;
+  return bindAndRelease(0);
 }
 
 /**
