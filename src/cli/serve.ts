@@ -1,5 +1,5 @@
 import { NbdServer } from "../../nbd/server/server.js";
-import { openVolume } from "../volume.js";
+import { LARGE_INLINE_WRITES, openVolume } from "../volume.js";
 import { createLogger } from "./log.js";
 import { endpointUri, openOrUsage, parseCommandLine, waitForSignal } from "./common.js";
 import { HOST_HELP, HOST_OPTIONS, parseHostArgs } from "./host-options.js";
@@ -36,9 +36,9 @@ export async function serveCommand(args: string[]): Promise<number> {
   const tls = await parseTlsArgs(values);
   const limits = parseLimitArgs(values);
   const logger = createLogger(host.logLevel);
-  // Writes up to 1 MiB on the event loop: a thread-pool round trip (two wake-ups and
-  // a context switch each way) costs more than the page-cache copy it hands off.
-  const volume = await openOrUsage(() => openVolume({ inlineMax: 1024 * 1024, ...host.volume }));
+  const volume = await openOrUsage(() =>
+    openVolume({ inlineMax: LARGE_INLINE_WRITES, ...host.volume }),
+  );
   for (const warning of volume.warnings) logger.warn(warning);
   const server = new NbdServer({
     exports: [{ name: host.exportName, description: volume.description, volume: volume.backend }],

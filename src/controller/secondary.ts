@@ -8,7 +8,7 @@ import type { Logger } from "../../nbd/logger.js";
 import type { ServerTls, TlsPeer } from "../../nbd/tls.js";
 import { OrderedFilter } from "../backend/ordered.js";
 import { ORDERED_STREAM_DESCRIPTION } from "../mirror/link.js";
-import { openVolume, type VolumeSpec } from "../volume.js";
+import { LARGE_INLINE_WRITES, openVolume, type VolumeSpec } from "../volume.js";
 import { endpointUri } from "../cli/common.js";
 import { ControlFilter, type ControlCommand, type PairRecord } from "../pair/control.js";
 import { hex } from "../pair/generations.js";
@@ -59,7 +59,7 @@ export async function startSecondary(options: SecondaryOptions): Promise<Running
     throw new Error(`the host export and the replication export must have different names`);
   // The stream is applied one write at a time (OrderedFilter): doing writes up to a
   // track's usual size on the event loop saves a thread-pool round trip on each.
-  const volume = await openVolume({ inlineMax: 1024 * 1024, ...options.volume });
+  const volume = await openVolume({ inlineMax: LARGE_INLINE_WRITES, ...options.volume });
   for (const w of volume.warnings) logger.warn(w);
   const local = volume.backend;
   const trackSize = options.trackSize ?? DEFAULT_TRACK_SIZE;
